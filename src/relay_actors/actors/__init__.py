@@ -1,0 +1,1 @@
+"""The actors of a node: listener, producers with executors, acker and mailboxes."""

@@ -1,0 +1,162 @@
+"""AckerActor: writes attempt outcomes in batches and announces relay results."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import psycopg
+import pykka
+from psycopg.types.json import Jsonb
+from pykka import ThreadingFuture
+
+from relay_actors.actors.messages import AttemptOutcome, Flush, Record, Sync, Tick
+from relay_actors.store.connect import connect
+from relay_actors.store.statements import statements_for
+from relay_actors.wire import FINAL_STATES, Delivery, Entry, pack_payloads
+
+logger = logging.getLogger("relay_actors.acker")
+
+MAX_BATCH = 500
+
+
+class AckerActor(pykka.ThreadingActor):
+    """Records outcomes of finished attempts, many per transaction.
+
+    Outcomes that queue up while a batch is written share the next commit, so
+    under load several jobs share one WAL flush and one NOTIFY per caller
+    node. The row update and the notifications commit in one transaction, so a
+    result is announced only if it was recorded. A failed write keeps the
+    batch and retries on the next tick.
+    """
+
+    use_daemon_thread = True
+
+    def __init__(self, *, dsn: str, prefix: str, node_id: str) -> None:
+        super().__init__()
+        self._dsn = dsn
+        self._node_id = node_id
+        self._statements = statements_for(prefix)
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._batch: list[AttemptOutcome] = []
+        self._flush_queued = False
+        self._syncs: list[ThreadingFuture[None]] = []
+        self.recorded = 0
+
+    def on_stop(self) -> None:
+        if self._batch:
+            self._flush()
+        if self._batch:
+            logger.error(
+                "%d job outcomes not recorded at stop; those jobs stay executing until rescued",
+                len(self._batch),
+                extra={"action": "record_lost"},
+            )
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Record):
+            self._batch.append(message.outcome)
+            if not self._flush_queued:
+                self._flush_queued = True
+                self.actor_ref.tell(Flush())
+        elif isinstance(message, Flush):
+            self._flush_queued = False
+            self._flush()
+        elif isinstance(message, Tick):
+            if self._batch:
+                self._flush()
+        elif isinstance(message, Sync):
+            future: ThreadingFuture[None] = ThreadingFuture()
+            if self._batch:
+                self._flush()
+            if self._batch:
+                self._syncs.append(future)
+            else:
+                future.set(None)
+            return future
+        else:
+            logger.warning("acker dropped an unknown message %r", type(message))
+        return None
+
+    def statistics(self) -> dict[str, int]:
+        return {"recorded": self.recorded, "waiting": len(self._batch)}
+
+    def _flush(self) -> None:
+        while self._batch:
+            batch = self._batch[:MAX_BATCH]
+            try:
+                self._write(batch)
+            except psycopg.Error as error:
+                logger.warning(
+                    "recording %d job outcomes failed, retrying on the next tick: %s",
+                    len(batch),
+                    error,
+                    extra={"action": "record_failed"},
+                )
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                return
+            del self._batch[: len(batch)]
+            self.recorded += len(batch)
+        for future in self._syncs:
+            future.set(None)
+        self._syncs.clear()
+
+    def _write(self, batch: list[AttemptOutcome]) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._dsn, "acker", self._node_id)
+        params = {
+            "id": [outcome.job_id for outcome in batch],
+            "state": [outcome.state for outcome in batch],
+            "outcome": [outcome.status if outcome.relay else None for outcome in batch],
+            "result": [outcome.result for outcome in batch],
+            "delay": [outcome.delay for outcome in batch],
+            "extra_attempts": [outcome.extra_attempts for outcome in batch],
+            "error": [Jsonb(outcome.error) if outcome.error else None for outcome in batch],
+            "meta_patch": [Jsonb(outcome.meta_patch) if outcome.meta_patch else None for outcome in batch],
+        }
+        with self._conn.transaction():
+            rows = self._conn.execute(self._statements.record, params).fetchall()
+            changed = {row[0] for row in rows}
+            channels, payloads = _notifications([o for o in batch if o.job_id in changed])
+            if channels:
+                self._conn.execute(
+                    self._statements.notify_many, {"channel": channels, "payload": payloads}
+                )
+        skipped = len(batch) - len(changed)
+        if skipped:
+            logger.warning(
+                "%d of %d outcomes were not recorded because their jobs were no longer executing",
+                skipped,
+                len(batch),
+                extra={"action": "record_skipped"},
+            )
+
+
+def _notifications(outcomes: list[AttemptOutcome]) -> tuple[list[str], list[str]]:
+    """Group relay results by caller channel and pack each group into payloads."""
+    by_channel: dict[str, list[tuple[Entry, bool]]] = defaultdict(list)
+    for outcome in outcomes:
+        relay = outcome.relay
+        if relay is None:
+            continue
+        delivery = Delivery(
+            outcome.job_id,
+            outcome.status,
+            outcome.attempt,
+            outcome.state in FINAL_STATES,
+            outcome.result,
+        )
+        by_channel[relay.channel].append((Entry(relay.mailbox, relay.ref, delivery), relay.inline))
+    channels: list[str] = []
+    payloads: list[str] = []
+    for channel, entries in by_channel.items():
+        for payload in pack_payloads(entries):
+            channels.append(channel)
+            payloads.append(payload)
+    return channels, payloads

@@ -1,0 +1,190 @@
+"""ListenerActor: the node's LISTEN connection, routing notifications to actors."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import psycopg
+import pykka
+from psycopg import sql
+
+from relay_actors.actors.directory import MailboxDirectory
+from relay_actors.actors.messages import Deliver, Poll, Wake
+from relay_actors.store.connect import connect
+from relay_actors.wire import Entry, EnvelopeError, parse_payload
+
+logger = logging.getLogger("relay_actors.listener")
+
+POLL_SECONDS = 0.05
+RECONNECT_MIN_SECONDS = 0.1
+RECONNECT_MAX_SECONDS = 5.0
+WARNING_INTERVAL_SECONDS = 1.0
+
+
+class _RateLimitedWarning:
+    """Logs at most one WARNING per interval for one kind of fault, with a count."""
+
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+        self._last = 0.0
+        self._suppressed = 0
+
+    def warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < WARNING_INTERVAL_SECONDS:
+            self._suppressed += 1
+            return
+        suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        logger.warning(
+            message + " (%d more since the last warning)",
+            *args,
+            suppressed,
+            extra={"action": self._kind},
+        )
+
+
+class ListenerActor(pykka.ThreadingActor):
+    """Owns one dedicated autocommit connection that LISTENs for the node.
+
+    Relay notifications go to the mailbox named in each entry; insert
+    notifications wake the producer of the queue they name. The actor polls
+    the connection in short slices, sending itself `Poll` between them, so
+    stop messages are handled within about 50 ms. A malformed notification is
+    logged and dropped. A lost connection is reopened with jittered backoff.
+    """
+
+    use_daemon_thread = True
+
+    def __init__(
+        self, *, dsn: str, node_id: str, insert_channel: str, relay_channel: str,
+        directory: MailboxDirectory, producers: dict[str, pykka.ActorRef[Any]],
+    ) -> None:
+        super().__init__()
+        self._dsn = dsn
+        self._node_id = node_id
+        self._insert_channel = insert_channel
+        self._relay_channel = relay_channel
+        self._directory = directory
+        self._producers = producers
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._reconnect_delay = RECONNECT_MIN_SECONDS
+        self._down_since: float | None = None
+        self._malformed = _RateLimitedWarning("bad_notification")
+        self._next_connect_at = 0.0
+        self.unroutable = 0
+        self.delivered = 0
+        self.dropped = 0
+
+    def on_start(self) -> None:
+        self._connect()
+        self.actor_ref.tell(Poll())
+
+    def on_stop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Poll):
+            self._poll()
+            self.actor_ref.tell(Poll())
+        return None
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "connected": self._conn is not None,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "unroutable": self.unroutable,
+        }
+
+    def _connect(self) -> bool:
+        try:
+            conn = connect(self._dsn, "listener", self._node_id)
+            for channel in (self._insert_channel, self._relay_channel):
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        except psycopg.Error as error:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                logger.warning(
+                    "listener for node %s cannot connect, retrying: %s",
+                    self._node_id,
+                    error,
+                    extra={"action": "listener_down", "node": self._node_id},
+                )
+            return False
+        self._conn = conn
+        self._reconnect_delay = RECONNECT_MIN_SECONDS
+        if self._down_since is not None:
+            logger.warning(
+                "listener for node %s reconnected after %.1f s",
+                self._node_id,
+                time.monotonic() - self._down_since,
+                extra={"action": "listener_reconnected", "node": self._node_id},
+            )
+            self._down_since = None
+        else:
+            logger.debug("listener for node %s connected", self._node_id)
+        # Every producer claims once, since inserts during the outage were missed.
+        for producer in self._producers.values():
+            producer.tell(Wake())
+        return True
+
+    def _poll(self) -> None:
+        if self._conn is None:
+            wait = self._next_connect_at - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, POLL_SECONDS))
+                return
+            if not self._connect():
+                jittered = self._reconnect_delay * random.uniform(0.5, 1.0)
+                self._next_connect_at = time.monotonic() + jittered
+                self._reconnect_delay = min(self._reconnect_delay * 2, RECONNECT_MAX_SECONDS)
+            return
+        try:
+            for notify in self._conn.notifies(timeout=POLL_SECONDS):
+                self._handle(notify.channel, notify.payload)
+        except psycopg.Error as error:
+            self._down_since = time.monotonic()
+            logger.warning(
+                "listener for node %s lost its connection: %s",
+                self._node_id,
+                error,
+                extra={"action": "listener_down", "node": self._node_id},
+            )
+            self._conn.close()
+            self._conn = None
+
+    def _handle(self, channel: str, payload: str) -> None:
+        if channel == self._relay_channel:
+            self._route_results(payload)
+        elif channel == self._insert_channel:
+            producer = self._producers.get(payload)
+            if producer is not None:
+                producer.tell(Wake())
+
+    def _route_results(self, payload: str) -> None:
+        try:
+            entries = parse_payload(payload)
+        except EnvelopeError as error:
+            self.dropped += 1
+            self._malformed.warn("listener dropped a malformed relay notification: %s", error)
+            return
+        targets: dict[str, tuple[pykka.ActorRef[Any], list[Entry]]] = {}
+        for entry in entries:
+            mailbox = self._directory.route(entry.mailbox, entry.ref)
+            if mailbox is None:
+                # The caller's thread ended; an await from another thread reads the row.
+                self.unroutable += 1
+                logger.debug("no mailbox for relay %s; its result stays on the row", entry.ref)
+                continue
+            targets.setdefault(mailbox.actor_urn, (mailbox, []))[1].append(entry)
+        for mailbox, group in targets.values():
+            try:
+                mailbox.tell(Deliver(tuple(group)))
+                self.delivered += len(group)
+            except pykka.ActorDeadError:
+                self.unroutable += len(group)

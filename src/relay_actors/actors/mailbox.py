@@ -1,0 +1,119 @@
+"""RelayRefActor: a caller thread's mailbox for relay results."""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import pykka
+from pykka import ThreadingFuture
+
+from relay_actors.actors.directory import MailboxDirectory
+from relay_actors.actors.messages import READ_ROW, AwaitRefs, Deliver, Forget, Track
+from relay_actors.wire import Delivery
+
+logger = logging.getLogger("relay_actors.mailbox")
+
+DEFAULT_MAX_OUTCOMES = 10_000
+
+
+class RelayRefActor(pykka.ThreadingActor):
+    """Holds the results of one caller thread's relays and answers its awaits.
+
+    Results that arrive before anyone awaits them are kept, up to
+    `max_outcomes` (oldest dropped first); an await of a dropped result reads
+    the job's row instead. Runs on its own daemon thread; every message is
+    handled without I/O.
+    """
+
+    use_daemon_thread = True
+
+    def __init__(self, directory: MailboxDirectory, max_outcomes: int = DEFAULT_MAX_OUTCOMES) -> None:
+        super().__init__()
+        self._directory = directory
+        self._max_outcomes = max_outcomes
+        self._outcomes: OrderedDict[str, Delivery] = OrderedDict()
+        self._pending: dict[str, int] = {}
+        self._waiters: dict[str, list[tuple[ThreadingFuture[Any], bool]]] = {}
+
+    def on_start(self) -> None:
+        self._directory.add(self.actor_urn, self.actor_ref)
+
+    def on_stop(self) -> None:
+        self._directory.remove(self.actor_urn)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Deliver):
+            for entry in message.entries:
+                self._deliver(entry.ref, entry.delivery)
+            return None
+        if isinstance(message, AwaitRefs):
+            return [self._await(ref, job_id, message.with_retries) for ref, job_id in message.items]
+        if isinstance(message, Track):
+            if message.ref not in self._outcomes:
+                self._pending[message.ref] = message.job_id
+            return None
+        if isinstance(message, Forget):
+            for ref, future in message.waits:
+                self._forget(ref, future)
+            return None
+        logger.warning("mailbox %s dropped an unknown message %r", self.actor_urn, type(message))
+        return None
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "outcomes": len(self._outcomes),
+            "pending": len(self._pending),
+            "waiting": sum(len(waits) for waits in self._waiters.values()),
+        }
+
+    def _deliver(self, ref: str, delivery: Delivery) -> None:
+        known = self._outcomes.get(ref)
+        if known is not None and not delivery.supersedes(known):
+            return
+        self._outcomes[ref] = delivery
+        self._outcomes.move_to_end(ref)
+        self._pending.pop(ref, None)
+        if delivery.final:
+            self._directory.release(ref)
+        while len(self._outcomes) > self._max_outcomes:
+            self._outcomes.popitem(last=False)
+        waits = self._waiters.get(ref)
+        if not waits:
+            return
+        remaining = []
+        for future, with_retries in waits:
+            if with_retries and not delivery.final:
+                remaining.append((future, with_retries))
+            else:
+                future.set(delivery)
+        if remaining:
+            self._waiters[ref] = remaining
+        else:
+            del self._waiters[ref]
+
+    def _await(self, ref: str, job_id: int, with_retries: bool) -> ThreadingFuture[Any]:
+        future: ThreadingFuture[Any] = ThreadingFuture()
+        known = self._outcomes.get(ref)
+        if known is not None and (known.final or not with_retries):
+            future.set(known)
+            return future
+        if known is None and ref not in self._pending:
+            # No record of this ref: its result was dropped from the cache, or
+            # it was inserted by another mailbox. Expect it from now on, and let
+            # the caller read the row for anything that finished before.
+            self._pending[ref] = job_id
+            self._directory.adopt(ref, self.actor_ref)
+            future.set(READ_ROW)
+            return future
+        self._waiters.setdefault(ref, []).append((future, with_retries))
+        return future
+
+    def _forget(self, ref: str, future: ThreadingFuture[Any]) -> None:
+        waits = self._waiters.get(ref)
+        if not waits:
+            return
+        waits[:] = [(waiting, flag) for waiting, flag in waits if waiting is not future]
+        if not waits:
+            del self._waiters[ref]

@@ -1,0 +1,153 @@
+"""Awaiting relays: one shared deadline, mailbox futures first, the row as the truth."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from relay_actors.actors.messages import READ_ROW, AwaitRefs, Forget
+from relay_actors.errors import ConfigurationError
+from relay_actors.instance import Instance, get_instance
+from relay_actors.results import Error, Ok, Reason
+from relay_actors.wire import Delivery, delivery_from_row, to_await_result
+
+if TYPE_CHECKING:
+    from relay_actors.relay import Relay
+
+Result = Ok[Any] | Error
+
+
+def validate_timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
+        raise ConfigurationError(f"invalid timeout {timeout!r}: give a number of seconds >= 0")
+    if timeout < 0:
+        raise ConfigurationError(f"invalid timeout {timeout!r}: give a number of seconds >= 0")
+    return float(timeout)
+
+
+class _Wait:
+    """The state of one await_many call."""
+
+    def __init__(self, relays: Sequence[Relay[Any]], deadline: float, with_retries: bool) -> None:
+        self.relays = relays
+        self.deadline = deadline
+        self.with_retries = with_retries
+        self.results: list[Result | None] = [None] * len(relays)
+        self.instances = [get_instance(relay.instance) for relay in relays]
+        for instance in {id(instance): instance for instance in self.instances}.values():
+            instance.check_usable()
+        self.futures: dict[int, pykka.ThreadingFuture[Any]] = {}
+        self.mailboxes: dict[int, pykka.ActorRef[Any]] = {}
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def ask(self, indexes: Sequence[int]) -> None:
+        """Ask each relay's mailbox for a future; a stopped mailbox's refs move to this thread's."""
+        groups: dict[str, tuple[pykka.ActorRef[Any], list[int]]] = {}
+        for index in indexes:
+            mailbox = self.relays[index].mailbox
+            if not mailbox.is_alive():
+                mailbox = self.instances[index].mailbox()
+            groups.setdefault(mailbox.actor_urn, (mailbox, []))[1].append(index)
+        for mailbox, group in groups.values():
+            items = tuple((str(self.relays[i].ref), self._job_id(i)) for i in group)
+            try:
+                futures = mailbox.ask(AwaitRefs(items, self.with_retries), timeout=max(self.remaining(), 1.0))
+            except pykka.ActorDeadError:
+                mailbox = self.instances[group[0]].mailbox()
+                futures = mailbox.ask(AwaitRefs(items, self.with_retries), timeout=max(self.remaining(), 1.0))
+            for index, future in zip(group, futures, strict=True):
+                self.futures[index] = future
+                self.mailboxes[index] = mailbox
+
+    def _job_id(self, index: int) -> int:
+        job_id = self.relays[index].job.id
+        if job_id is None:
+            raise ConfigurationError("relay has a job without an id; build relays with Relay.async_")
+        return job_id
+
+    def collect(self, block: bool) -> tuple[list[int], list[tuple[int, Delivery]]]:
+        """Take resolved futures; return the indexes to read from rows and deliveries stored in rows."""
+        read_rows: list[int] = []
+        in_row: list[tuple[int, Delivery]] = []
+        for index in list(self.futures):
+            try:
+                value = self.futures[index].get(timeout=self.remaining() if block else 0)
+            except pykka.Timeout:
+                continue
+            del self.futures[index]
+            if value is READ_ROW:
+                read_rows.append(index)
+            elif value.in_row:
+                in_row.append((index, value))
+            else:
+                self.results[index] = to_await_result(value)
+        return read_rows, in_row
+
+    def read_rows(self, indexes: Sequence[int]) -> list[int]:
+        """Settle relays from their rows; return the indexes whose job has no acceptable outcome yet."""
+        unsettled: list[int] = []
+        by_instance: dict[int, list[int]] = defaultdict(list)
+        for index in indexes:
+            by_instance[id(self.instances[index])].append(index)
+        for group in by_instance.values():
+            rows = _read_outcomes(self.instances[group[0]], [self._job_id(i) for i in group])
+            for index in group:
+                row = rows.get(self._job_id(index))
+                if row is None:
+                    self.results[index] = Error(Reason.NOT_FOUND)
+                    continue
+                delivery = delivery_from_row(*row)
+                if delivery is None or (self.with_retries and not delivery.final):
+                    unsettled.append(index)
+                else:
+                    self.results[index] = to_await_result(delivery)
+        return unsettled
+
+    def give_up(self) -> None:
+        """Mark unresolved relays as timed out and tell their mailboxes to drop the waits."""
+        forgets: dict[str, tuple[pykka.ActorRef[Any], list[tuple[str, Any]]]] = {}
+        for index, future in self.futures.items():
+            self.results[index] = Error(Reason.TIMEOUT)
+            mailbox = self.mailboxes[index]
+            forgets.setdefault(mailbox.actor_urn, (mailbox, []))[1].append(
+                (str(self.relays[index].ref), future)
+            )
+        for mailbox, waits in forgets.values():
+            try:
+                mailbox.tell(Forget(tuple(waits)))
+            except pykka.ActorDeadError:
+                pass
+
+
+def _read_outcomes(instance: Instance, job_ids: list[int]) -> dict[int, tuple[Any, ...]]:
+    with instance.pool.connection() as conn:
+        rows = conn.execute(instance.statements.read_outcomes, {"ids": job_ids}).fetchall()
+    return {row[0]: row for row in rows}
+
+
+def await_relays(relays: Sequence[Relay[Any]], timeout: float, with_retries: bool) -> list[Result]:
+    """Return one result per relay, in order, by one shared deadline `timeout` seconds away."""
+    deadline = time.monotonic() + validate_timeout(timeout)
+    wait = _Wait(relays, deadline, with_retries)
+    wait.ask(range(len(relays)))
+    block = False
+    while wait.futures:
+        read_rows, in_row = wait.collect(block)
+        if in_row:
+            settled = wait.read_rows([index for index, _ in in_row])
+            # A row that shows no outcome yet is rare (a newer attempt started): wait again.
+            wait.ask(settled)
+        if read_rows:
+            wait.ask(wait.read_rows(read_rows))
+        if block and wait.remaining() <= 0:
+            break
+        block = not read_rows and not in_row
+    wait.give_up()
+    return [result if result is not None else Error(Reason.TIMEOUT) for result in wait.results]

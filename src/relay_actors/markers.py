@@ -1,0 +1,33 @@
+"""Values a worker's `perform` returns to steer its job instead of completing it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Snooze:
+    """Reschedule the job `seconds` from now without using up an attempt."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seconds, bool) or not isinstance(self.seconds, int | float):
+            raise TypeError(f"Snooze seconds must be a number, got {self.seconds!r}")
+        if not math.isfinite(self.seconds) or self.seconds < 0:
+            raise ValueError(f"Snooze seconds must be finite and >= 0, got {self.seconds!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop the job for good as cancelled; `reason` is recorded on the row."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """Stop the job for good as discarded; `reason` is recorded on the row."""
+
+    reason: str = ""

@@ -1,0 +1,34 @@
+"""Options of the Relay plugin, which an instance needs to insert and await relays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay_actors.errors import ConfigurationError
+
+DEFAULT_MAX_RESULT_BYTES = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class RelayPlugin:
+    """Relay options; they travel in each job's meta, so the executing node applies them.
+
+    Attributes:
+        max_result_bytes: limit on a result's compressed encoding, in bytes.
+        inline_results: send results inside notifications; when false, callers
+            read each result from the job's row, which table privileges protect.
+    """
+
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    inline_results: bool = True
+
+    def __post_init__(self) -> None:
+        limit = self.max_result_bytes
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(
+                f"invalid max_result_bytes {limit!r}: give a positive number of bytes"
+            )
+        if not isinstance(self.inline_results, bool):
+            raise ConfigurationError(
+                f"invalid inline_results {self.inline_results!r}: give True or False"
+            )

@@ -1,0 +1,203 @@
+"""`Relay`: insert a job and await its result, wherever it runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import psycopg
+import pykka
+from psycopg.types.json import Jsonb
+
+from relay_actors.actors.messages import Track
+from relay_actors.awaiting import await_relays
+from relay_actors.errors import ConfigurationError, InvalidJobError
+from relay_actors.instance import DEFAULT_NAME, Instance, get_instance
+from relay_actors.job import Job, validate_job
+from relay_actors.plugin import RelayPlugin
+from relay_actors.results import Error, Ok
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Relay(Generic[T]):
+    """Handle of an inserted job whose result can be awaited.
+
+    Attributes:
+        job: the inserted job, with its id.
+        mailbox: the inserting thread's mailbox actor, where the result arrives.
+        ref: unique id of this relay, carried in the job's meta.
+        instance: name of the instance that inserted the job.
+    """
+
+    job: Job
+    mailbox: pykka.ActorRef[Any]
+    ref: uuid.UUID
+    instance: str = DEFAULT_NAME
+
+    @staticmethod
+    def plugin(*, max_result_bytes: int = 8192, inline_results: bool = True) -> RelayPlugin:
+        """Return Relay plugin options for `start(plugins=[...])`."""
+        return RelayPlugin(max_result_bytes=max_result_bytes, inline_results=inline_results)
+
+    @staticmethod
+    def async_(
+        *args: Any, instance: str | None = None, conn: psycopg.Connection[Any] | None = None
+    ) -> Relay[Any]:
+        """Validate and insert a job, returning its `Relay`.
+
+        Call as `Relay.async_(job)`, `Relay.async_("name", job)` or
+        `Relay.async_(job, instance="name")`. With `conn`, the insert runs in that
+        connection's open transaction, so the job exists only if it commits.
+
+        Raises:
+            InvalidJobError: the job is invalid; nothing was inserted.
+            InstanceNotFoundError: no running instance has that name.
+        """
+        name, jobs = _split_arguments("async_", args, instance, many=False)
+        return _insert(get_instance(name), jobs, conn)[0]
+
+    @staticmethod
+    def async_many(
+        *args: Any, instance: str | None = None, conn: psycopg.Connection[Any] | None = None
+    ) -> list[Relay[Any]]:
+        """Validate every job, then insert all in one statement; return relays in input order."""
+        name, jobs = _split_arguments("async_many", args, instance, many=True)
+        if not jobs:
+            return []
+        return _insert(get_instance(name), jobs, conn)
+
+    @staticmethod
+    def await_(relay: Relay[T], timeout: float = DEFAULT_TIMEOUT, *, with_retries: bool = False) -> Ok[T] | Error:
+        """Block until the relay's job has a result, or `timeout` seconds pass.
+
+        Returns `Ok(value)` or `Error(reason)`; `Error(Reason.TIMEOUT)` leaves
+        the job running, and a later await can still return its result.
+        """
+        if not isinstance(relay, Relay):
+            raise TypeError(f"await_ takes a Relay from Relay.async_, got {type(relay).__name__}")
+        return await_relays([relay], timeout, with_retries)[0]
+
+    @staticmethod
+    def await_many(
+        relays: Sequence[Relay[Any]], timeout: float = DEFAULT_TIMEOUT, *, with_retries: bool = False
+    ) -> list[Ok[Any] | Error]:
+        """Await all relays by one shared deadline; return results in input order.
+
+        Relays without a result at the deadline get `Error(Reason.TIMEOUT)`.
+        """
+        relays = list(relays)
+        for relay in relays:
+            if not isinstance(relay, Relay):
+                raise TypeError(f"await_many takes Relays from Relay.async_, got {type(relay).__name__}")
+        return await_relays(relays, timeout, with_retries)
+
+
+def _split_arguments(
+    call: str, args: tuple[Any, ...], instance: str | None, *, many: bool
+) -> tuple[str, list[Job]]:
+    if len(args) == 2:
+        if instance is not None:
+            raise ConfigurationError(
+                f"{call} got the instance name twice ({args[0]!r} and instance={instance!r})"
+            )
+        instance, payload = args
+    elif len(args) == 1:
+        payload = args[0]
+    else:
+        raise TypeError(f"{call} takes a job (or an instance name and a job), got {len(args)} arguments")
+    if many:
+        if isinstance(payload, Job) or not isinstance(payload, Sequence | list | tuple):
+            raise InvalidJobError([f"{call} takes a list of jobs, got {type(payload).__name__}"])
+        jobs = list(payload)
+    else:
+        jobs = [payload]
+    problems: list[str] = []
+    for position, job in enumerate(jobs):
+        try:
+            validate_job(job)
+        except InvalidJobError as error:
+            label = f"job {position}: " if many else ""
+            problems.extend(label + problem for problem in error.problems)
+    if problems:
+        raise InvalidJobError(problems)
+    return (DEFAULT_NAME if instance is None else instance), jobs
+
+
+def _insert(instance: Instance, jobs: list[Job], conn: psycopg.Connection[Any] | None) -> list[Relay[Any]]:
+    instance.check_usable()
+    plugin = instance.relay_plugin
+    assert plugin is not None  # check_usable() raised otherwise
+    mailbox = instance.mailbox()
+    refs = [uuid.uuid4() for _ in jobs]
+    metas = [
+        {
+            **job.meta,
+            "relay": {
+                "ref": str(ref),
+                "node": instance.node_id,
+                "mailbox": mailbox.actor_urn,
+                "max_bytes": plugin.max_result_bytes,
+                "inline": plugin.inline_results,
+            },
+        }
+        for job, ref in zip(jobs, refs, strict=True)
+    ]
+    if conn is not None and not isinstance(conn, psycopg.Connection):
+        raise ConfigurationError(f"conn must be a psycopg.Connection, got {type(conn).__name__}")
+    if conn is not None:
+        rows = _execute_insert(instance, conn, jobs, metas)
+    else:
+        with instance.pool.connection() as pooled:
+            rows = _execute_insert(instance, pooled, jobs, metas)
+    relays = []
+    for job, meta, ref, row in zip(jobs, metas, refs, rows, strict=True):
+        job_id, state, inserted_at, scheduled_at = row
+        inserted = dataclasses.replace(
+            job, id=job_id, state=state, meta=meta, inserted_at=inserted_at, scheduled_at=scheduled_at
+        )
+        relays.append(Relay(inserted, mailbox, ref, instance.name))
+        mailbox.tell(Track(str(ref), job_id))
+    return relays
+
+
+def _execute_insert(
+    instance: Instance, conn: psycopg.Connection[Any], jobs: list[Job], metas: list[dict[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """Insert the jobs; return (id, state, inserted_at, scheduled_at) per job, in input order."""
+    statements = instance.statements
+    if len(jobs) == 1:
+        job = jobs[0]
+        params = {
+            "queue": job.queue,
+            "worker": job.worker,
+            "args": Jsonb(job.args),
+            "meta": Jsonb(metas[0]),
+            "tags": list(job.tags),
+            "max_attempts": job.max_attempts,
+            "priority": job.priority,
+            "scheduled_at": job.scheduled_at,
+            "channel": instance.insert_channel,
+        }
+        row = conn.execute(statements.insert_one, params).fetchone()
+        assert row is not None
+        return [row[:4]]
+    params = {
+        "queue": [job.queue for job in jobs],
+        "worker": [job.worker for job in jobs],
+        "args": [Jsonb(job.args) for job in jobs],
+        "meta": [Jsonb(meta) for meta in metas],
+        "tags": [Jsonb(list(job.tags)) for job in jobs],
+        "max_attempts": [job.max_attempts for job in jobs],
+        "priority": [job.priority for job in jobs],
+        "scheduled_at": [job.scheduled_at for job in jobs],
+        "channel": instance.insert_channel,
+    }
+    by_ref = {row[4]: row[:4] for row in conn.execute(statements.insert_many, params).fetchall()}
+    return [by_ref[meta["relay"]["ref"]] for meta in metas]

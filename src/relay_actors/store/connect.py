@@ -1,0 +1,143 @@
+"""Opening connections: DSN resolution and per-role connection settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+from relay_actors.errors import ConfigurationError, RelayError
+
+logger = logging.getLogger("relay_actors.store")
+
+DSN_VARIABLES = ("RELAY_ACTORS_DSN", "DATABASE_URL")
+EMBEDDED = "embedded"
+CONNECT_TIMEOUT_SECONDS = 10
+STATEMENT_TIMEOUT_MS = 30_000
+
+# TCP keepalives detect a peer that vanished without closing the socket.
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def resolve_dsn(dsn: str | None) -> str:
+    """Return the DSN to use: `dsn`, else $RELAY_ACTORS_DSN, else $DATABASE_URL.
+
+    "embedded" is returned as is; the caller starts a private server for it.
+    """
+    if dsn:
+        return dsn
+    for variable in DSN_VARIABLES:
+        value = os.environ.get(variable)
+        if value:
+            return value
+    raise ConfigurationError(
+        "no database given: pass dsn='postgresql://...' to start(), or set RELAY_ACTORS_DSN "
+        "or DATABASE_URL; dsn='embedded' starts a private PostgreSQL server for this process"
+    )
+
+
+def connect(dsn: str, role: str, node_id: str) -> psycopg.Connection[tuple[object, ...]]:
+    """Open an autocommit connection named after its role and node in pg_stat_activity."""
+    application_name = f"relay_actors {role} {node_id}"[:63]
+    params: dict[str, object] = {
+        "autocommit": True,
+        "application_name": application_name,
+        "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+    }
+    if "host=/" not in dsn and "@/" not in dsn:
+        params.update(_KEEPALIVES)
+    return psycopg.connect(dsn, **params)  # type: ignore[arg-type]
+
+
+class PoolTimeout(RelayError, TimeoutError):
+    """No pooled connection became free in time."""
+
+
+class ConnectionPool:
+    """A small thread-safe pool of autocommit connections for caller threads.
+
+    Connections open lazily up to `max_size`. A connection returned broken, or
+    inside a transaction, is closed instead of reused.
+    """
+
+    def __init__(self, dsn: str, node_id: str, *, max_size: int = 10) -> None:
+        if max_size < 1:
+            raise ConfigurationError(f"invalid pool size {max_size!r}: give an int >= 1")
+        self._dsn = dsn
+        self._node_id = node_id
+        self._max_size = max_size
+        self._idle: queue.LifoQueue[psycopg.Connection[tuple[object, ...]]] = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._opened = 0
+        self._closed = False
+
+    @contextmanager
+    def connection(self, timeout: float = 30.0) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        conn = self._acquire(timeout)
+        try:
+            yield conn
+        finally:
+            self._release(conn)
+
+    def _acquire(self, timeout: float) -> psycopg.Connection[tuple[object, ...]]:
+        if self._closed:
+            raise RelayError("the instance's connection pool is closed: the instance was stopped")
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            can_open = self._opened < self._max_size
+            if can_open:
+                self._opened += 1
+        if can_open:
+            try:
+                return connect(self._dsn, "caller", self._node_id)
+            except BaseException:
+                with self._lock:
+                    self._opened -= 1
+                raise
+        try:
+            return self._idle.get(timeout=timeout)
+        except queue.Empty:
+            raise PoolTimeout(
+                f"no database connection free after {timeout:.1f} s; all {self._max_size} are in "
+                "use, so raise pool_size in start()"
+            ) from None
+
+    def _release(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        reusable = (
+            not self._closed
+            and not conn.closed
+            and not conn.broken
+            and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        )
+        if reusable:
+            self._idle.put(conn)
+            return
+        conn.close()
+        with self._lock:
+            self._opened -= 1
+
+    def close(self) -> None:
+        """Close every idle connection; connections in use close when released."""
+        self._closed = True
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            conn.close()
+            with self._lock:
+                self._opened -= 1

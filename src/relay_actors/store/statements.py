@@ -1,0 +1,126 @@
+"""Named SQL statements for one schema prefix.
+
+Values are always bound parameters; the schema is the only identifier, quoted
+by psycopg.sql. Every statement that touches jobs lives here, so a reader can
+check the locking and the state transitions in one place.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from psycopg import sql
+
+_INSERT_ONE = """
+WITH inserted AS (
+    INSERT INTO {jobs} (state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)
+    VALUES (
+        CASE WHEN %(scheduled_at)s::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
+        %(queue)s, %(worker)s, %(args)s, %(meta)s, %(tags)s, %(max_attempts)s, %(priority)s,
+        COALESCE(%(scheduled_at)s::timestamptz, now()))
+    RETURNING id, state, queue, inserted_at, scheduled_at
+)
+SELECT id, state, inserted_at, scheduled_at,
+       CASE WHEN state = 'available' THEN pg_notify(%(channel)s, queue) END
+FROM inserted
+"""
+
+_INSERT_MANY = """
+WITH inserted AS (
+    INSERT INTO {jobs} (state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)
+    SELECT CASE WHEN u.scheduled_at > now() THEN 'scheduled' ELSE 'available' END,
+           u.queue, u.worker, u.args, u.meta,
+           ARRAY(SELECT jsonb_array_elements_text(u.tags)),
+           u.max_attempts, u.priority, COALESCE(u.scheduled_at, now())
+    FROM unnest(%(queue)s::text[], %(worker)s::text[], %(args)s::jsonb[], %(meta)s::jsonb[],
+                %(tags)s::jsonb[], %(max_attempts)s::smallint[], %(priority)s::smallint[],
+                %(scheduled_at)s::timestamptz[])
+         AS u(queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)
+    RETURNING id, state, queue, inserted_at, scheduled_at, meta -> 'relay' ->> 'ref' AS ref
+),
+notified AS (
+    SELECT pg_notify(%(channel)s, queue)
+    FROM (SELECT DISTINCT queue FROM inserted WHERE state = 'available') AS available_queues
+)
+SELECT id, state, inserted_at, scheduled_at, ref, (SELECT count(*) FROM notified)
+FROM inserted
+"""
+
+# Claims the next available jobs of a queue. SKIP LOCKED lets producers of
+# several nodes claim concurrently without waiting on each other's rows.
+_CLAIM = """
+UPDATE {jobs} AS j
+SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = %(node)s
+WHERE j.id IN (
+    SELECT id FROM {jobs}
+    WHERE state = 'available' AND queue = %(queue)s
+    ORDER BY priority, scheduled_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+RETURNING j.id, j.queue, j.worker, j.args, j.meta, j.tags, j.attempt, j.max_attempts,
+          j.priority, j.inserted_at, j.scheduled_at, j.attempted_at, j.attempted_by
+"""
+
+# Records the outcomes of finished attempts. Only rows still executing are
+# changed, so an outcome never overwrites a job that moved on meanwhile.
+_RECORD = """
+UPDATE {jobs} AS j
+SET state = u.state,
+    outcome = u.outcome,
+    result = u.result,
+    completed_at = CASE WHEN u.state = 'completed' THEN now() ELSE j.completed_at END,
+    discarded_at = CASE WHEN u.state = 'discarded' THEN now() ELSE j.discarded_at END,
+    cancelled_at = CASE WHEN u.state = 'cancelled' THEN now() ELSE j.cancelled_at END,
+    scheduled_at = CASE WHEN u.state IN ('scheduled', 'retryable')
+                        THEN now() + make_interval(secs => u.delay) ELSE j.scheduled_at END,
+    max_attempts = j.max_attempts + u.extra_attempts,
+    errors = CASE WHEN u.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.error) END,
+    meta = CASE WHEN u.meta_patch IS NULL THEN j.meta ELSE j.meta || u.meta_patch END
+FROM unnest(%(id)s::bigint[], %(state)s::text[], %(outcome)s::text[], %(result)s::bytea[],
+            %(delay)s::float8[], %(extra_attempts)s::smallint[], %(error)s::jsonb[],
+            %(meta_patch)s::jsonb[])
+     AS u(id, state, outcome, result, delay, extra_attempts, error, meta_patch)
+WHERE j.id = u.id AND j.state = 'executing'
+RETURNING j.id
+"""
+
+_NOTIFY_MANY = """
+SELECT pg_notify(n.channel, n.payload)
+FROM unnest(%(channel)s::text[], %(payload)s::text[]) AS n(channel, payload)
+"""
+
+_READ_OUTCOMES = """
+SELECT id, state, outcome, result, attempt FROM {jobs} WHERE id = ANY(%(ids)s::bigint[])
+"""
+
+_UPSERT_NODE = """
+INSERT INTO {nodes} (node_id, name, queues, workers)
+VALUES (%(node_id)s, %(name)s, %(queues)s, %(workers)s)
+ON CONFLICT (node_id) DO UPDATE
+SET queues = EXCLUDED.queues, workers = EXCLUDED.workers, heartbeat_at = now()
+"""
+
+_DELETE_NODE = "DELETE FROM {nodes} WHERE node_id = %(node_id)s"
+
+
+class Statements:
+    """The statements of one schema, composed once."""
+
+    def __init__(self, prefix: str) -> None:
+        names = {
+            "jobs": sql.Identifier(prefix, "jobs"),
+            "nodes": sql.Identifier(prefix, "nodes"),
+        }
+        self.insert_one = sql.SQL(_INSERT_ONE).format(**names)
+        self.insert_many = sql.SQL(_INSERT_MANY).format(**names)
+        self.claim = sql.SQL(_CLAIM).format(**names)
+        self.record = sql.SQL(_RECORD).format(**names)
+        self.notify_many = sql.SQL(_NOTIFY_MANY)
+        self.read_outcomes = sql.SQL(_READ_OUTCOMES).format(**names)
+        self.upsert_node = sql.SQL(_UPSERT_NODE).format(**names)
+        self.delete_node = sql.SQL(_DELETE_NODE).format(**names)
+
+
+@lru_cache(maxsize=64)
+def statements_for(prefix: str) -> Statements:
+    return Statements(prefix)

@@ -1,0 +1,181 @@
+"""Relay notifications: the envelope that carries results to a caller's node.
+
+A payload is the envelope version as one character, then a JSON array of
+entries, one per result::
+
+    1[["<mailbox urn>", "<ref>", <job id>, "<status>", <attempt>, <final 0|1>, "<base64>"|null], ...]
+
+The base64 field holds the encoded value (status "ok") or encoded `JobError`
+(status "error"). It is null when the result is read from the row instead:
+when it does not fit the payload, or when inline results are off.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from relay_actors import codec
+from relay_actors.results import Error, JobError, Ok, Reason
+
+ENVELOPE_VERSION = "1"
+SUPPORTED_ENVELOPE_VERSIONS = frozenset({ENVELOPE_VERSION})
+# PostgreSQL rejects NOTIFY payloads of 8000 bytes or more; keep a margin.
+MAX_PAYLOAD_BYTES = 7900
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+STATUSES = frozenset(
+    {
+        STATUS_OK,
+        STATUS_ERROR,
+        Reason.SNOOZED.value,
+        Reason.DISCARDED.value,
+        Reason.CANCELLED.value,
+        Reason.RESULT_TOO_LARGE.value,
+    }
+)
+FINAL_STATES = frozenset({"completed", "discarded", "cancelled"})
+
+
+class EnvelopeError(ValueError):
+    """A relay notification payload is malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One job's outcome as recorded for an attempt.
+
+    `payload` is the encoded value or `JobError`; None with `in_row` true means
+    the caller must read it from the job's row.
+    """
+
+    job_id: int
+    status: str
+    attempt: int
+    final: bool
+    payload: bytes | None = None
+    in_row: bool = False
+
+    def supersedes(self, other: Delivery) -> bool:
+        """Tell whether this delivery should replace `other` for the same ref."""
+        if other.final:
+            return False
+        return self.final or self.attempt >= other.attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One result addressed to a caller's mailbox."""
+
+    mailbox: str
+    ref: str
+    delivery: Delivery
+
+
+def _entry_json(entry: Entry, inline: bool) -> str:
+    delivery = entry.delivery
+    encoded = None
+    if inline and delivery.payload is not None:
+        encoded = base64.b64encode(delivery.payload).decode("ascii")
+    return json.dumps(
+        [
+            entry.mailbox,
+            entry.ref,
+            delivery.job_id,
+            delivery.status,
+            delivery.attempt,
+            1 if delivery.final else 0,
+            encoded,
+        ],
+        separators=(",", ":"),
+    )
+
+
+def pack_payloads(entries: list[tuple[Entry, bool]]) -> list[str]:
+    """Pack (entry, inline) pairs into as few NOTIFY payloads as fit the size limit.
+
+    An entry too large to travel inline even alone is sent without its payload,
+    so its caller reads the row.
+    """
+    payloads: list[str] = []
+    parts: list[str] = []
+    size = len(ENVELOPE_VERSION) + 2
+    for entry, inline in entries:
+        part = _entry_json(entry, inline)
+        if len(part) + len(ENVELOPE_VERSION) + 2 > MAX_PAYLOAD_BYTES:
+            part = _entry_json(entry, inline=False)
+        if parts and size + len(part) + 1 > MAX_PAYLOAD_BYTES:
+            payloads.append(ENVELOPE_VERSION + "[" + ",".join(parts) + "]")
+            parts = []
+            size = len(ENVELOPE_VERSION) + 2
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        payloads.append(ENVELOPE_VERSION + "[" + ",".join(parts) + "]")
+    return payloads
+
+
+def parse_payload(payload: str) -> list[Entry]:
+    """Return the entries of a relay notification, raising EnvelopeError if malformed."""
+    if not payload or payload[0] not in SUPPORTED_ENVELOPE_VERSIONS:
+        raise EnvelopeError(f"unknown envelope version {payload[:1]!r}")
+    try:
+        items = json.loads(payload[1:])
+    except (ValueError, RecursionError) as error:
+        raise EnvelopeError(f"envelope is not valid JSON: {error}") from None
+    if not isinstance(items, list):
+        raise EnvelopeError("envelope must be a JSON array of entries")
+    return [_parse_entry(item) for item in items]
+
+
+def _parse_entry(item: Any) -> Entry:
+    if not isinstance(item, list) or len(item) != 7:
+        raise EnvelopeError("entry must be an array of 7 fields")
+    mailbox, ref, job_id, status, attempt, final, encoded = item
+    if not isinstance(mailbox, str) or not isinstance(ref, str):
+        raise EnvelopeError("entry mailbox and ref must be strings")
+    for name, number in (("job id", job_id), ("attempt", attempt), ("final", final)):
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise EnvelopeError(f"entry {name} must be an int >= 0")
+    if status not in STATUSES:
+        raise EnvelopeError(f"unknown entry status {status!r:.40}")
+    payload = None
+    if encoded is not None:
+        if not isinstance(encoded, str):
+            raise EnvelopeError("entry payload must be base64 text or null")
+        try:
+            payload = base64.b64decode(encoded, validate=True)
+        except binascii.Error as error:
+            raise EnvelopeError(f"entry payload is not valid base64: {error}") from None
+    in_row = payload is None and status in (STATUS_OK, STATUS_ERROR)
+    delivery = Delivery(job_id, status, attempt, bool(final), payload, in_row)
+    return Entry(mailbox, ref, delivery)
+
+
+def delivery_from_row(
+    job_id: int, state: str, outcome: str | None, result: bytes | None, attempt: int
+) -> Delivery | None:
+    """Return the delivery recorded on a job row, or None if no attempt has finished."""
+    if outcome is None or outcome not in STATUSES:
+        return None
+    return Delivery(job_id, outcome, attempt, state in FINAL_STATES, result, in_row=False)
+
+
+def to_await_result(delivery: Delivery) -> Ok[Any] | Error:
+    """Decode a delivery into the caller's result; an undecodable value is Error("undecodable")."""
+    status = delivery.status
+    if status == STATUS_OK:
+        try:
+            return Ok(codec.decode(delivery.payload or b""))
+        except codec.DecodeError:
+            return Error(Reason.UNDECODABLE)
+    if status == STATUS_ERROR:
+        try:
+            return Error(JobError.from_wire(codec.decode(delivery.payload or b"")))
+        except (codec.DecodeError, ValueError):
+            return Error(Reason.UNDECODABLE)
+    return Error(Reason(status))
