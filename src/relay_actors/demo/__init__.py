@@ -1,0 +1,1 @@
+"""The `relay-actors demo` command: a worker node in another process, callers here."""
