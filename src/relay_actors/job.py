@@ -105,11 +105,11 @@ def job_problems(job: Job) -> list[str]:
     if job.scheduled_at is not None and (
         not isinstance(job.scheduled_at, datetime) or job.scheduled_at.tzinfo is None
     ):
-        problems.append(
-            f"scheduled_at must be a timezone-aware datetime, got {job.scheduled_at!r}"
-        )
+        problems.append(f"scheduled_at must be a timezone-aware datetime, got {job.scheduled_at!r}")
     if job.id is not None:
-        problems.append(f"job was already inserted with id {job.id}; build a new one with Worker.new")
+        problems.append(
+            f"job was already inserted with id {job.id}; build a new one with Worker.new"
+        )
     return problems
 
 

@@ -74,7 +74,9 @@ class Relay(Generic[T]):
         return _insert(get_instance(name), jobs, conn)
 
     @staticmethod
-    def await_(relay: Relay[T], timeout: float = DEFAULT_TIMEOUT, *, with_retries: bool = False) -> Ok[T] | Error:
+    def await_(
+        relay: Relay[T], timeout: float = DEFAULT_TIMEOUT, *, with_retries: bool = False
+    ) -> Ok[T] | Error:
         """Block until the relay's job has a result, or `timeout` seconds pass.
 
         Returns `Ok(value)` or `Error(reason)`; `Error(Reason.TIMEOUT)` leaves
@@ -86,7 +88,10 @@ class Relay(Generic[T]):
 
     @staticmethod
     def await_many(
-        relays: Sequence[Relay[Any]], timeout: float = DEFAULT_TIMEOUT, *, with_retries: bool = False
+        relays: Sequence[Relay[Any]],
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        with_retries: bool = False,
     ) -> list[Ok[Any] | Error]:
         """Await all relays by one shared deadline; return results in input order.
 
@@ -95,7 +100,9 @@ class Relay(Generic[T]):
         relays = list(relays)
         for relay in relays:
             if not isinstance(relay, Relay):
-                raise TypeError(f"await_many takes Relays from Relay.async_, got {type(relay).__name__}")
+                raise TypeError(
+                    f"await_many takes Relays from Relay.async_, got {type(relay).__name__}"
+                )
         return await_relays(relays, timeout, with_retries)
 
 
@@ -111,7 +118,9 @@ def _split_arguments(
     elif len(args) == 1:
         payload = args[0]
     else:
-        raise TypeError(f"{call} takes a job (or an instance name and a job), got {len(args)} arguments")
+        raise TypeError(
+            f"{call} takes a job (or an instance name and a job), got {len(args)} arguments"
+        )
     if many:
         if isinstance(payload, Job) or not isinstance(payload, Sequence | list | tuple):
             raise InvalidJobError([f"{call} takes a list of jobs, got {type(payload).__name__}"])
@@ -130,7 +139,9 @@ def _split_arguments(
     return (DEFAULT_NAME if instance is None else instance), jobs
 
 
-def _insert(instance: Instance, jobs: list[Job], conn: psycopg.Connection[Any] | None) -> list[Relay[Any]]:
+def _insert(
+    instance: Instance, jobs: list[Job], conn: psycopg.Connection[Any] | None
+) -> list[Relay[Any]]:
     instance.check_usable()
     plugin = instance.relay_plugin
     assert plugin is not None  # check_usable() raised otherwise
@@ -156,11 +167,16 @@ def _insert(instance: Instance, jobs: list[Job], conn: psycopg.Connection[Any] |
     else:
         with instance.pool.connection() as pooled:
             rows = _execute_insert(instance, pooled, jobs, metas)
-    relays = []
+    relays: list[Relay[Any]] = []
     for job, meta, ref, row in zip(jobs, metas, refs, rows, strict=True):
         job_id, state, inserted_at, scheduled_at = row
         inserted = dataclasses.replace(
-            job, id=job_id, state=state, meta=meta, inserted_at=inserted_at, scheduled_at=scheduled_at
+            job,
+            id=job_id,
+            state=state,
+            meta=meta,
+            inserted_at=inserted_at,
+            scheduled_at=scheduled_at,
         )
         relays.append(Relay(inserted, mailbox, ref, instance.name))
         mailbox.tell(Track(str(ref), job_id))

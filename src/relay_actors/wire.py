@@ -3,7 +3,9 @@
 A payload is the envelope version as one character, then a JSON array of
 entries, one per result::
 
-    1[["<mailbox urn>", "<ref>", <job id>, "<status>", <attempt>, <final 0|1>, "<base64>"|null], ...]
+    1[["<mailbox urn>", "<ref>", <job id>, "<status>", <attempt>, <final>, "<base64>"], ...]
+
+`final` is 1 for an outcome that never changes, else 0.
 
 The base64 field holds the encoded value (status "ok") or encoded `JobError`
 (status "error"). It is null when the result is read from the row instead:

@@ -70,7 +70,9 @@ class Worker(Generic[T]):
         try:
             validate_job(probe)
         except InvalidJobError as error:
-            raise InvalidWorkerError(f"worker {cls.__qualname__} has invalid options: {error}") from None
+            raise InvalidWorkerError(
+                f"worker {cls.__qualname__} has invalid options: {error}"
+            ) from None
         cls.name = worker_name(cls)
         register_worker(cls)
 
@@ -96,9 +98,8 @@ class Worker(Generic[T]):
     ) -> Job:
         """Build an uninserted job for this worker, raising InvalidJobError if invalid."""
         if scheduled_in is not None and scheduled_at is not None:
-            raise InvalidJobError(
-                [f"give scheduled_in ({scheduled_in!r}) or scheduled_at ({scheduled_at!r}), not both"]
-            )
+            both = f"scheduled_in ({scheduled_in!r}) and scheduled_at ({scheduled_at!r})"
+            raise InvalidJobError([f"give one of {both}, not both"])
         if scheduled_in is not None:
             delay = validate_seconds("scheduled_in", scheduled_in)
             scheduled_at = datetime.now(UTC) + timedelta(seconds=delay)
@@ -173,7 +174,9 @@ def register_worker(cls: type[Worker[Any]]) -> None:
         previous = _registry.get(cls.name)
         _registry[cls.name] = cls
     if previous is not None and previous is not cls:
-        logger.debug("worker %s registered again; the newest class replaces the previous one", cls.name)
+        logger.debug(
+            "worker %s registered again; the newest class replaces the previous one", cls.name
+        )
 
 
 def lookup_worker(name: str) -> type[Worker[Any]] | None:

@@ -118,7 +118,9 @@ class AckerActor(pykka.ThreadingActor):
             "delay": [outcome.delay for outcome in batch],
             "extra_attempts": [outcome.extra_attempts for outcome in batch],
             "error": [Jsonb(outcome.error) if outcome.error else None for outcome in batch],
-            "meta_patch": [Jsonb(outcome.meta_patch) if outcome.meta_patch else None for outcome in batch],
+            "meta_patch": [
+                Jsonb(outcome.meta_patch) if outcome.meta_patch else None for outcome in batch
+            ],
         }
         with self._conn.transaction():
             rows = self._conn.execute(self._statements.record, params).fetchall()

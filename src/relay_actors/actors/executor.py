@@ -131,7 +131,9 @@ def _failure(
 ) -> AttemptOutcome:
     kind = type(error)
     trace = "".join(traceback.format_exception(error))
-    job_error = _job_error(job, f"{kind.__module__}.{kind.__qualname__}", str(error), trace, node_id)
+    job_error = _job_error(
+        job, f"{kind.__module__}.{kind.__qualname__}", str(error), trace, node_id
+    )
     final = job.attempt >= job.max_attempts
     delay = 0.0
     if not final:
@@ -162,32 +164,44 @@ def _backoff(job: Job) -> float:
         return default_backoff(job.attempt)
     try:
         delay = float(worker_class().backoff(job))
-    except Exception:  # noqa: BLE001 - a broken backoff must not lose the outcome
+    except Exception:
         logger.exception("backoff of worker %s raised; using the default", job.worker)
         return default_backoff(job.attempt)
     return delay if delay >= 0 else 0.0
 
 
-def _from_return(
-    job: Job, value: Any, relay: RelayTarget | None, node_id: str
-) -> AttemptOutcome:
+def _from_return(job: Job, value: Any, relay: RelayTarget | None, node_id: str) -> AttemptOutcome:
     job_id = _id(job)
     if isinstance(value, Snooze):
         snoozed = job.meta.get("snoozed", 0)
         count = snoozed + 1 if isinstance(snoozed, int) else 1
         return AttemptOutcome(
-            job_id, job.attempt, "scheduled", Reason.SNOOZED.value,
-            delay=value.seconds, extra_attempts=1, meta_patch={"snoozed": count}, relay=relay,
+            job_id,
+            job.attempt,
+            "scheduled",
+            Reason.SNOOZED.value,
+            delay=value.seconds,
+            extra_attempts=1,
+            meta_patch={"snoozed": count},
+            relay=relay,
         )
     if isinstance(value, Cancel):
         return AttemptOutcome(
-            job_id, job.attempt, "cancelled", Reason.CANCELLED.value,
-            meta_patch={"cancel_reason": value.reason}, relay=relay,
+            job_id,
+            job.attempt,
+            "cancelled",
+            Reason.CANCELLED.value,
+            meta_patch={"cancel_reason": value.reason},
+            relay=relay,
         )
     if isinstance(value, Discard):
         return AttemptOutcome(
-            job_id, job.attempt, "discarded", Reason.DISCARDED.value,
-            meta_patch={"discard_reason": value.reason}, relay=relay,
+            job_id,
+            job.attempt,
+            "discarded",
+            Reason.DISCARDED.value,
+            meta_patch={"discard_reason": value.reason},
+            relay=relay,
         )
     if relay is None:
         return AttemptOutcome(job_id, job.attempt, "completed", STATUS_OK)
@@ -197,8 +211,12 @@ def _from_return(
         # The work is done, so the job completes instead of retrying.
         job_error = _job_error(job, "relay_actors.codec.EncodeError", str(error), "", node_id)
         return AttemptOutcome(
-            job_id, job.attempt, "completed", STATUS_ERROR,
-            result=codec.encode(job_error.to_wire()), relay=relay,
+            job_id,
+            job.attempt,
+            "completed",
+            STATUS_ERROR,
+            result=codec.encode(job_error.to_wire()),
+            relay=relay,
         )
     if len(encoded) > _max_result_bytes(job):
         return AttemptOutcome(

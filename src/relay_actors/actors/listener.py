@@ -59,8 +59,14 @@ class ListenerActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(
-        self, *, dsn: str, node_id: str, insert_channel: str, relay_channel: str,
-        directory: MailboxDirectory, producers: dict[str, pykka.ActorRef[Any]],
+        self,
+        *,
+        dsn: str,
+        node_id: str,
+        insert_channel: str,
+        relay_channel: str,
+        directory: MailboxDirectory,
+        producers: dict[str, pykka.ActorRef[Any]],
     ) -> None:
         super().__init__()
         self._dsn = dsn

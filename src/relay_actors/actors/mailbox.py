@@ -29,7 +29,9 @@ class RelayRefActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, directory: MailboxDirectory, max_outcomes: int = DEFAULT_MAX_OUTCOMES) -> None:
+    def __init__(
+        self, directory: MailboxDirectory, max_outcomes: int = DEFAULT_MAX_OUTCOMES
+    ) -> None:
         super().__init__()
         self._directory = directory
         self._max_outcomes = max_outcomes
@@ -82,7 +84,7 @@ class RelayRefActor(pykka.ThreadingActor):
         waits = self._waiters.get(ref)
         if not waits:
             return
-        remaining = []
+        remaining: list[tuple[ThreadingFuture[Any], bool]] = []
         for future, with_retries in waits:
             if with_retries and not delivery.final:
                 remaining.append((future, with_retries))

@@ -30,7 +30,13 @@ class ProducerActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(
-        self, *, dsn: str, prefix: str, queue: str, executors: int, node_id: str,
+        self,
+        *,
+        dsn: str,
+        prefix: str,
+        queue: str,
+        executors: int,
+        node_id: str,
         acker: pykka.ActorRef[Any],
     ) -> None:
         super().__init__()
@@ -86,7 +92,11 @@ class ProducerActor(pykka.ThreadingActor):
         return None
 
     def statistics(self) -> dict[str, int]:
-        return {"executors": self._size, "busy": self._size - len(self._idle), "claimed": self.claimed}
+        return {
+            "executors": self._size,
+            "busy": self._size - len(self._idle),
+            "claimed": self.claimed,
+        }
 
     def _queue_claim(self) -> None:
         if self._want_claim and self._idle and not self._claim_queued and not self._draining:
@@ -130,8 +140,21 @@ class ProducerActor(pykka.ThreadingActor):
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:
-    (job_id, queue, worker, args, meta, tags, attempt, max_attempts, priority,
-     inserted_at, scheduled_at, attempted_at, attempted_by) = row
+    (
+        job_id,
+        queue,
+        worker,
+        args,
+        meta,
+        tags,
+        attempt,
+        max_attempts,
+        priority,
+        inserted_at,
+        scheduled_at,
+        attempted_at,
+        attempted_by,
+    ) = row
     return Job(
         worker=worker,
         args=args,

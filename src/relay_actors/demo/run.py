@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from relay_actors import Error, JobError, Ok, Reason, Relay, start
+from relay_actors import Error, JobError, Ok, Reason, Relay, Worker, start
 from relay_actors.demo import workers
 from relay_actors.embedded import EmbeddedServer
 from relay_actors.errors import RelayError
@@ -40,8 +40,11 @@ def standard_library_files(limit: int | None) -> list[Path]:
     """Return the standard library's .py files, sorted, at most `limit` of them."""
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(
-        path for path in root.rglob("*.py")
-        if "site-packages" not in path.parts and "dist-packages" not in path.parts and path.is_file()
+        path
+        for path in root.rglob("*.py")
+        if "site-packages" not in path.parts
+        and "dist-packages" not in path.parts
+        and path.is_file()
     )
     return files if limit is None else files[:limit]
 
@@ -58,7 +61,9 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
 
-    def add(self, path: Path, result: Ok[Any] | Error, expected: dict[str, Any], latency: float) -> None:
+    def add(
+        self, path: Path, result: Ok[Any] | Error, expected: dict[str, Any], latency: float
+    ) -> None:
         with self.lock:
             self.done += 1
             self.latencies.append(latency)
@@ -78,7 +83,9 @@ def result_kind(result: Ok[Any] | Error) -> str:
     return result.reason.value
 
 
-def _call_one_at_a_time(paths: list[Path], expected: dict[Path, dict[str, Any]], tally: Tally) -> None:
+def _call_one_at_a_time(
+    paths: list[Path], expected: dict[Path, dict[str, Any]], tally: Tally
+) -> None:
     for path in paths:
         started = time.monotonic()
         relay = Relay.async_("demo", workers.FileStats.new({"path": str(path)}))
@@ -113,7 +120,9 @@ def _run_callers(files: list[Path], threads: int, tally: Tally) -> list[BaseExce
         except BaseException as error:  # noqa: BLE001 - reported in the summary
             failures.append(error)
 
-    callers = [threading.Thread(target=call, args=(i,), name=f"demo-caller-{i}") for i in range(threads)]
+    callers = [
+        threading.Thread(target=call, args=(i,), name=f"demo-caller-{i}") for i in range(threads)
+    ]
     for caller in callers:
         caller.start()
     _show_progress(tally, callers)
@@ -141,7 +150,7 @@ def _show_progress(tally: Tally, callers: list[threading.Thread]) -> None:
 def _exercise_error_results(kinds: Counter[str]) -> dict[str, bool]:
     """Run one job per error result; count its kind and return whether each was as expected."""
     checks: dict[str, bool] = {}
-    simple = {
+    simple: dict[str, tuple[type[Worker[Any]], Reason]] = {
         "snoozed": (workers.SnoozeOnce, Reason.SNOOZED),
         "discarded": (workers.DiscardIt, Reason.DISCARDED),
         "cancelled": (workers.CancelIt, Reason.CANCELLED),
@@ -180,9 +189,22 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def _start_worker_node(dsn: str, prefix: str, executors: int) -> subprocess.Popen[str]:
     command = [
-        sys.executable, "-m", "relay_actors", "--log-level", "WARNING", "worker",
-        "--dsn", dsn, "--prefix", prefix, "--queue", f"{workers.QUEUE}={executors}",
-        "--module", "relay_actors.demo.workers", "--node", "demo-worker",
+        sys.executable,
+        "-m",
+        "relay_actors",
+        "--log-level",
+        "WARNING",
+        "worker",
+        "--dsn",
+        dsn,
+        "--prefix",
+        prefix,
+        "--queue",
+        f"{workers.QUEUE}={executors}",
+        "--module",
+        "relay_actors.demo.workers",
+        "--node",
+        "demo-worker",
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     ready = threading.Event()
@@ -201,7 +223,9 @@ def _start_worker_node(dsn: str, prefix: str, executors: int) -> subprocess.Pope
             raise RelayError(f"the demo's worker node exited with status {process.returncode}")
         if time.monotonic() > deadline:
             process.kill()
-            raise RelayError(f"the demo's worker node was not ready after {READY_TIMEOUT_SECONDS} s")
+            raise RelayError(
+                f"the demo's worker node was not ready after {READY_TIMEOUT_SECONDS} s"
+            )
     return process
 
 
@@ -269,9 +293,12 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         counts = ", ".join(f"{kind} {count}" for kind, count in sorted(tally.kinds.items()))
         wrong = [kind for kind, good in checks.items() if not good]
-        latency = f"p50 {_percentile(tally.latencies, 0.5) * 1000:.2f} ms, p99 {_percentile(tally.latencies, 0.99) * 1000:.2f} ms"
+        p50 = _percentile(tally.latencies, 0.5) * 1000
+        p99 = _percentile(tally.latencies, 0.99) * 1000
+        latency = f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        verdict = "passed" if passed else "FAILED"
         print(
-            f"demo: {'passed' if passed else 'FAILED'}: {tally.matched}/{tally.total} files matched, "
+            f"demo: {verdict}: {tally.matched}/{tally.total} files matched, "
             f"{len(failures)} caller errors; results: {counts}; "
             f"unexpected error results: {', '.join(wrong) or 'none'}; "
             f"insert-to-result latency {latency}; wall {summary['wall_seconds']} s"

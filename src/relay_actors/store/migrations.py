@@ -82,7 +82,9 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> list[i
             sql.SQL("SELECT version FROM {}.schema_migrations").format(schema)
         ).fetchall()
         done = {row[0] for row in rows}
-        newer = [version for version in done if isinstance(version, int) and version > LATEST_VERSION]
+        newer = [
+            version for version in done if isinstance(version, int) and version > LATEST_VERSION
+        ]
         if newer:
             logger.warning(
                 "schema %s has migration %s, newer than this release's %s",
@@ -94,7 +96,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> list[i
         for version, statements in MIGRATIONS:
             if version in done:
                 continue
-            conn.execute(sql.SQL(statements).format(schema=schema))  # type: ignore[arg-type]
+            conn.execute(sql.SQL(statements).format(schema=schema))
             conn.execute(
                 sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s)").format(schema),
                 (version,),

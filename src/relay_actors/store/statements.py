@@ -13,7 +13,8 @@ from psycopg import sql
 
 _INSERT_ONE = """
 WITH inserted AS (
-    INSERT INTO {jobs} (state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)
+    INSERT INTO {jobs}
+        (state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)
     VALUES (
         CASE WHEN %(scheduled_at)s::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
         %(queue)s, %(worker)s, %(args)s, %(meta)s, %(tags)s, %(max_attempts)s, %(priority)s,
@@ -27,7 +28,8 @@ FROM inserted
 
 _INSERT_MANY = """
 WITH inserted AS (
-    INSERT INTO {jobs} (state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)
+    INSERT INTO {jobs}
+        (state, queue, worker, args, meta, tags, max_attempts, priority, scheduled_at)
     SELECT CASE WHEN u.scheduled_at > now() THEN 'scheduled' ELSE 'available' END,
            u.queue, u.worker, u.args, u.meta,
            ARRAY(SELECT jsonb_array_elements_text(u.tags)),
@@ -74,7 +76,8 @@ SET state = u.state,
     scheduled_at = CASE WHEN u.state IN ('scheduled', 'retryable')
                         THEN now() + make_interval(secs => u.delay) ELSE j.scheduled_at END,
     max_attempts = j.max_attempts + u.extra_attempts,
-    errors = CASE WHEN u.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.error) END,
+    errors = CASE WHEN u.error IS NULL THEN j.errors
+                  ELSE j.errors || jsonb_build_array(u.error) END,
     meta = CASE WHEN u.meta_patch IS NULL THEN j.meta ELSE j.meta || u.meta_patch END
 FROM unnest(%(id)s::bigint[], %(state)s::text[], %(outcome)s::text[], %(result)s::bytea[],
             %(delay)s::float8[], %(extra_attempts)s::smallint[], %(error)s::jsonb[],
