@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pykka
 
 from relay_actors.actors.messages import READ_ROW, AwaitRefs, Forget
-from relay_actors.errors import ConfigurationError
-from relay_actors.instance import Instance, get_instance
+from relay_actors.errors import ConfigurationError, RelayNotCommitted
+from relay_actors.instance import Instance
+from relay_actors.instances import get_instance
 from relay_actors.results import Error, Ok, Reason
 from relay_actors.wire import Delivery, delivery_from_row, to_await_result
 
 if TYPE_CHECKING:
     from relay_actors.relay import Relay
 
+logger = logging.getLogger("relay_actors.relay")
+
 Result = Ok[Any] | Error
+
+# Pause before reading rows again after the database failed a read.
+ROW_RETRY_SECONDS = 0.1
 
 
 def validate_timeout(timeout: object) -> float:
@@ -70,6 +78,29 @@ class _Wait:
                 self.futures[index] = future
                 self.mailboxes[index] = mailbox
 
+    def check_transactions(self) -> list[int]:
+        """Settle relays inserted in a rolled-back transaction; return the others' indexes.
+
+        Raises:
+            RelayNotCommitted: a relay's inserting transaction is still open.
+        """
+        to_ask = []
+        for index, relay in enumerate(self.relays):
+            if relay.xid is None:
+                to_ask.append(index)
+                continue
+            status = _transaction_status(self.instances[index], relay.xid)
+            if status == "in progress":
+                raise RelayNotCommitted(
+                    f"the transaction that inserted job {relay.job.id} is still open; "
+                    "commit it before awaiting the relay"
+                )
+            if status == "aborted":
+                self.results[index] = Error(Reason.NOT_FOUND)
+            else:
+                to_ask.append(index)
+        return to_ask
+
     def _job_id(self, index: int) -> int:
         job_id = self.relays[index].job.id
         if job_id is None:
@@ -107,7 +138,15 @@ class _Wait:
         for index in indexes:
             by_instance[id(self.instances[index])].append(index)
         for group in by_instance.values():
-            rows = _read_outcomes(self.instances[group[0]], [self._job_id(i) for i in group])
+            try:
+                rows = _read_outcomes(self.instances[group[0]], [self._job_id(i) for i in group])
+            except psycopg.OperationalError as error:
+                # The database is unreachable: keep waiting on the mailbox, which
+                # the safety-net poll fills once the database is back.
+                logger.warning("reading relay rows failed, waiting on: %s", error)
+                unsettled.extend(group)
+                time.sleep(min(ROW_RETRY_SECONDS, self.remaining()))
+                continue
             for index in group:
                 row = rows.get(self._job_id(index))
                 if row is None:
@@ -136,6 +175,13 @@ class _Wait:
                 pass
 
 
+def _transaction_status(instance: Instance, xid: str) -> str | None:
+    """Return "committed", "aborted" or "in progress", or None if too old to know."""
+    with instance.pool.connection() as conn:
+        row = conn.execute(instance.statements.xact_status, {"xid": xid}).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
 def _read_outcomes(instance: Instance, job_ids: list[int]) -> dict[int, tuple[Any, ...]]:
     with instance.pool.connection() as conn:
         rows = conn.execute(instance.statements.read_outcomes, {"ids": job_ids}).fetchall()
@@ -146,7 +192,7 @@ def await_relays(relays: Sequence[Relay[Any]], timeout: float, with_retries: boo
     """Return one result per relay, in order, by one shared deadline `timeout` seconds away."""
     deadline = time.monotonic() + validate_timeout(timeout)
     wait = _Wait(relays, deadline, with_retries)
-    wait.ask(range(len(relays)))
+    wait.ask(wait.check_transactions())
     block = False
     while wait.futures:
         read_rows, in_row = wait.collect(block)

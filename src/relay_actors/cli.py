@@ -11,8 +11,15 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+import psycopg
+
 from relay_actors.errors import ConfigurationError
-from relay_actors.instance import DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_GRACE, start
+from relay_actors.instances import start
+from relay_actors.names import validate_prefix
+from relay_actors.options import DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_GRACE
+from relay_actors.relay import Relay
+from relay_actors.store.connect import resolve_dsn
+from relay_actors.store.migrations import LATEST_VERSION, migrate
 
 logger = logging.getLogger("relay_actors.cli")
 
@@ -74,6 +81,16 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"seconds running jobs get to finish at shutdown (default {DEFAULT_SHUTDOWN_GRACE})",
     )
 
+    migrate_command = commands.add_parser(
+        "migrate", help="create or upgrade the tables in a schema, then exit"
+    )
+    migrate_command.add_argument(
+        "--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)"
+    )
+    migrate_command.add_argument(
+        "--prefix", default="public", help="schema of the tables (default public)"
+    )
+
     demo = commands.add_parser(
         "demo", help="run jobs over the standard library's source files on a worker node"
     )
@@ -110,7 +127,7 @@ def run_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         instance = start(
-            name="worker",
+            plugins=[Relay],
             dsn=args.dsn,
             queues=dict(args.queue),
             prefix=args.prefix,
@@ -130,6 +147,23 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_migrate(args: argparse.Namespace) -> int:
+    """Apply every pending migration to the schema and print the version reached."""
+    try:
+        prefix = validate_prefix(args.prefix)
+        dsn = resolve_dsn(args.dsn)
+    except ConfigurationError as error:
+        logger.error("%s", error)
+        return 2
+    with psycopg.connect(dsn, autocommit=True, application_name="relay_actors migrate") as conn:
+        applied = migrate(conn, prefix)
+    print(
+        f"schema {prefix}: applied {', '.join(map(str, applied)) or 'nothing'}; "
+        f"at version {LATEST_VERSION}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
@@ -142,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "worker":
         return run_worker(args)
+    if args.command == "migrate":
+        return run_migrate(args)
     from relay_actors.demo.run import run_demo
 
     return run_demo(args)

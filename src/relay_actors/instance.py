@@ -1,98 +1,88 @@
-"""`Instance`: one running node of relay_actors, and `start()` that makes it."""
+"""`Instance`: one running node of relay_actors, its actors and connections."""
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import pykka
 from psycopg.types.json import Jsonb
 
-from relay_actors import embedded
 from relay_actors.actors.acker import AckerActor
 from relay_actors.actors.directory import MailboxDirectory
+from relay_actors.actors.lifeline import LOST_TYPE, LifelineActor
 from relay_actors.actors.listener import ListenerActor
-from relay_actors.actors.mailbox import DEFAULT_MAX_OUTCOMES, RelayRefActor
-from relay_actors.actors.messages import Drain, Sync, Tick
+from relay_actors.actors.mailbox import RelayRefActor
+from relay_actors.actors.messages import Drain, Record, Release, Sync, Tick
+from relay_actors.actors.outcomes import failed_attempt, relay_target
+from relay_actors.actors.poller import ResultPollerActor
 from relay_actors.actors.producer import ProducerActor
+from relay_actors.actors.pruner import PrunerActor
+from relay_actors.actors.stager import StagerActor
+from relay_actors.cancelling import cancel_job
 from relay_actors.errors import (
     ConfigurationError,
     InstanceForkedError,
     InstanceNotFoundError,
     RelayError,
 )
-from relay_actors.job import QUEUE_NAME_PATTERN
-from relay_actors.names import (
-    default_node_name,
-    insert_channel,
-    make_node_id,
-    relay_channel,
-    validate_prefix,
-)
-from relay_actors.plugin import RelayPlugin
-from relay_actors.store.connect import EMBEDDED, ConnectionPool, connect, resolve_dsn
+from relay_actors.job import Job
+from relay_actors.names import control_channel, insert_channel, make_node_id, relay_channel
+from relay_actors.options import Options
+from relay_actors.store.connect import ConnectionPool, connect
 from relay_actors.store.migrations import migrate
 from relay_actors.store.statements import Statements, statements_for
+from relay_actors.supervision import Supervisor
 from relay_actors.worker import registered_worker_names
 
 logger = logging.getLogger("relay_actors.instance")
 
-DEFAULT_NAME = "default"
-DEFAULT_POLL_INTERVAL = 1.0
-DEFAULT_SHUTDOWN_GRACE = 15.0
-DEFAULT_POOL_SIZE = 10
 START_TIMEOUT_SECONDS = 10.0
-
-_instances: dict[str, Instance | None] = {}
-_instances_lock = threading.Lock()
+TICK_SECONDS = 0.1
+SUPERVISE_EVERY_TICKS = 10
 
 
 class Instance:
-    """A started node: its actors, connections and options. Made by `start()`."""
+    """A started node: its actors, connections and options. Made by `start()`.
+
+    Use it as a context manager, or call `stop()`, to stop it.
+    """
 
     def __init__(
         self,
         *,
         name: str,
         dsn: str,
-        queues: Mapping[str, int],
-        plugin: RelayPlugin | None,
         prefix: str,
         node: str,
-        poll_interval: float,
-        shutdown_grace: float,
-        pool_size: int,
-        max_outcomes: int,
-        embedded_server: bool,
+        options: Options,
+        on_stop: Callable[[Instance], None],
     ) -> None:
         self.name = name
         self.dsn = dsn
-        self.queues = dict(queues)
-        self.relay_plugin = plugin
         self.prefix = prefix
         self.node = node
+        self.options = options
+        self.queues = dict(options.queues)
+        self.relay_plugin = options.plugin
         self.node_id = make_node_id(node)
         self.statements: Statements = statements_for(prefix)
         self.insert_channel = insert_channel(prefix)
+        self.control_channel = control_channel(prefix)
         self.relay_channel = relay_channel(prefix, self.node_id)
-        self.poll_interval = poll_interval
-        self.shutdown_grace = shutdown_grace
-        self.max_outcomes = max_outcomes
-        self.pool = ConnectionPool(dsn, self.node_id, max_size=pool_size)
+        self.pool = ConnectionPool(dsn, self.node_id, max_size=options.pool_size)
         self.directory = MailboxDirectory()
-        self._embedded = embedded_server
+        self._on_stop = on_stop
         self._pid = os.getpid()
         self._local = threading.local()
-        self._acker: pykka.ActorRef[Any] | None = None
+        self._supervisor = Supervisor(self.node_id)
         self._producers: dict[str, pykka.ActorRef[Any]] = {}
-        self._listener: pykka.ActorRef[Any] | None = None
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stopped = False
@@ -100,7 +90,8 @@ class Instance:
 
     # Lifecycle
 
-    def _start(self) -> None:
+    def start_actors(self) -> None:
+        """Migrate the schema, register the node, then start every actor and the ticker."""
         with connect(self.dsn, "migrator", self.node_id) as conn:
             migrate(conn, self.prefix)
             conn.execute(
@@ -112,25 +103,68 @@ class Instance:
                     "workers": registered_worker_names(),
                 },
             )
-        self._acker = AckerActor.start(dsn=self.dsn, prefix=self.prefix, node_id=self.node_id)
-        for queue, size in self.queues.items():
-            self._producers[queue] = ProducerActor.start(
-                dsn=self.dsn,
-                prefix=self.prefix,
-                queue=queue,
-                executors=size,
-                node_id=self.node_id,
-                acker=self._acker,
-            )
-        self._listener = ListenerActor.start(
-            dsn=self.dsn,
-            node_id=self.node_id,
-            insert_channel=self.insert_channel,
-            relay_channel=self.relay_channel,
-            directory=self.directory,
-            producers=self._producers,
+        options = self.options
+        common = {"dsn": self.dsn, "prefix": self.prefix, "node_id": self.node_id}
+        start = self._supervisor.start_child
+        acker = start(
+            "acker",
+            lambda: AckerActor.start(insert_channel=self.insert_channel, **common),
         )
-        statistics = self._listener.proxy().statistics().get(timeout=START_TIMEOUT_SECONDS)
+        for queue, size in self.queues.items():
+            start(
+                f"producer {queue}",
+                self._producer_factory(queue, size, acker, common),
+                on_start=self._producer_registrar(queue),
+            )
+        poller = start(
+            "poller",
+            lambda: ResultPollerActor.start(
+                directory=self.directory,
+                pending_ttl=options.pending_ttl,
+                interval=options.safety_net_interval,
+                **common,
+            ),
+        )
+        start(
+            "lifeline",
+            lambda: LifelineActor.start(
+                name=self.node,
+                queues=self.queues,
+                rescue_after=options.rescue_after,
+                acker=acker,
+                statistics=self._heartbeat_statistics,
+                interval=options.heartbeat_interval,
+                **common,
+            ),
+        )
+        if self.queues:
+            start(
+                "stager",
+                lambda: StagerActor.start(
+                    insert_channel=self.insert_channel, interval=options.poll_interval, **common
+                ),
+            )
+            start(
+                "pruner",
+                lambda: PrunerActor.start(
+                    max_age=options.prune_after, interval=options.prune_interval, **common
+                ),
+            )
+        listener = start(
+            "listener",
+            lambda: ListenerActor.start(
+                dsn=self.dsn,
+                node_id=self.node_id,
+                insert_channel=self.insert_channel,
+                relay_channel=self.relay_channel,
+                control_channel=self.control_channel,
+                directory=self.directory,
+                producers=self._producers,
+                poller=poller,
+            ),
+        )
+        assert listener.ref is not None
+        statistics = listener.ref.proxy().statistics().get(timeout=START_TIMEOUT_SECONDS)
         if not statistics["connected"]:
             raise RelayError(
                 f"instance {self.name!r}: the listener could not connect to PostgreSQL"
@@ -148,66 +182,129 @@ class Instance:
             extra={"action": "instance_start", "node": self.node_id},
         )
 
+    def _producer_factory(
+        self, queue: str, size: int, acker: Any, common: dict[str, Any]
+    ) -> Callable[[], pykka.ActorRef[Any]]:
+        def factory() -> pykka.ActorRef[Any]:
+            return ProducerActor.start(
+                queue=queue,
+                executors=size,
+                acker=acker,
+                poll_interval=self.options.poll_interval,
+                **common,
+            )
+
+        return factory
+
+    def _producer_registrar(self, queue: str) -> Callable[[pykka.ActorRef[Any]], None]:
+        """Return a callback that makes the listener wake the queue's current producer."""
+
+        def register(producer: pykka.ActorRef[Any]) -> None:
+            self._producers[queue] = producer
+
+        return register
+
     def _tick_loop(self) -> None:
-        while not self._stopping.wait(self.poll_interval):
-            targets = [*self._producers.values(), self._acker]
-            for actor in targets:
-                if actor is not None:
-                    try:
-                        actor.tell(Tick())
-                    except pykka.ActorDeadError:
-                        pass
+        ticks = 0
+        while not self._stopping.wait(TICK_SECONDS):
+            ticks += 1
+            if ticks % SUPERVISE_EVERY_TICKS == 0:
+                self._supervisor.check()
+            for name in self._supervisor.names():
+                if name != "listener":
+                    self._supervisor.slot(name).tell(Tick())
+
+    def _heartbeat_statistics(self) -> dict[str, Any]:
+        return {
+            "mailboxes": len(self.directory),
+            "restarts": self._supervisor.restarts(),
+        }
 
     def stop(self, grace: float | None = None) -> None:
         """Stop claiming jobs, let running ones finish within `grace` seconds, then stop.
 
-        Jobs that finish in time are recorded and announced. A job still running
-        at the deadline keeps its daemon thread; its row stays executing.
+        Jobs that finish in time are recorded and announced. An attempt still
+        running at the deadline is released: it is recorded as failed (its job
+        becomes available to other nodes, or discarded after its last attempt),
+        its daemon thread is left running, and whatever it returns is dropped.
         Every connection is closed. Calling stop twice is harmless.
         """
         with self._stop_lock:
             if self._stopped:
                 return
             self._stopped = True
-        grace = self.shutdown_grace if grace is None else grace
+        grace = self.options.shutdown_grace if grace is None else grace
         deadline = time.monotonic() + grace
         self._stopping.set()
-        drains = [producer.ask(Drain(), block=False) for producer in self._producers.values()]
-        for queue, drain in zip(self._producers, drains, strict=True):
+        if self._ticker is not None:
+            self._ticker.join()
+        self._drain_producers(deadline)
+        for queue in list(self._producers):
+            self._supervisor.stop_child(f"producer {queue}")
+        acker = self._supervisor.ref("acker")
+        if acker is not None:
+            try:
+                acker.ask(Sync()).get(timeout=max(1.0, deadline - time.monotonic()))
+            except (pykka.Timeout, pykka.ActorDeadError):
+                logger.warning("recording the last outcomes timed out at stop")
+        for name in self._supervisor.names():
+            self._supervisor.stop_child(name)
+        for mailbox in self.directory.mailboxes():
+            mailbox.stop()
+        self._forget_node()
+        self.pool.close()
+        self._on_stop(self)
+        logger.info("instance %s stopped", self.name, extra={"action": "instance_stop"})
+
+    def _drain_producers(self, deadline: float) -> None:
+        drains = []
+        for producer in self._producers.values():
+            try:
+                drains.append((producer, producer.ask(Drain(), block=False)))
+            except pykka.ActorDeadError:
+                continue
+        for producer, drain in drains:
             try:
                 drain.get(timeout=max(0.0, deadline - time.monotonic())).get(
                     timeout=max(0.0, deadline - time.monotonic())
                 )
             except pykka.Timeout:
-                logger.warning(
-                    "queue %s still had running jobs after the %.1f s grace period; they are "
-                    "left on daemon threads and their jobs stay executing",
-                    queue,
-                    grace,
-                    extra={"action": "shutdown_timeout", "queue": queue},
+                self._release_running(producer)
+            except pykka.ActorDeadError:
+                continue
+
+    def _release_running(self, producer: pykka.ActorRef[Any]) -> None:
+        try:
+            running: list[Job] = producer.ask(Release(), block=True, timeout=1.0)
+        except (pykka.Timeout, pykka.ActorDeadError):
+            return
+        acker = self._supervisor.slot("acker")
+        for job in running:
+            assert job.id is not None  # claimed jobs have ids
+            logger.warning(
+                "job %s of queue %s still running after the shutdown grace period; released "
+                "as a failed attempt, its thread is left running",
+                job.id,
+                job.queue,
+                extra={"action": "release", "job_id": job.id, "queue": job.queue},
+            )
+            acker.tell(
+                Record(
+                    failed_attempt(
+                        job_id=job.id,
+                        queue=job.queue,
+                        attempt=job.attempt,
+                        max_attempts=job.max_attempts,
+                        error_type=LOST_TYPE,
+                        message=f"node {self.node_id} stopped before attempt {job.attempt} ended",
+                        trace="",
+                        node_id=self.node_id,
+                        relay=relay_target(job.id, job.meta, self.prefix),
+                        delay=0.0,
+                        retry_state="available",
+                    )
                 )
-        for producer in self._producers.values():
-            producer.stop()
-        if self._acker is not None:
-            try:
-                self._acker.ask(Sync()).get(timeout=max(1.0, deadline - time.monotonic()))
-            except pykka.Timeout:
-                logger.warning("recording the last outcomes timed out at stop")
-            self._acker.stop()
-        if self._listener is not None:
-            self._listener.stop()
-        for mailbox in self.directory.mailboxes():
-            mailbox.stop()
-        if self._ticker is not None:
-            self._ticker.join()
-        self._forget_node()
-        self.pool.close()
-        with _instances_lock:
-            if _instances.get(self.name) is self:
-                del _instances[self.name]
-        if self._embedded:
-            embedded.release_shared()
-        logger.info("instance %s stopped", self.name, extra={"action": "instance_stop"})
+            )
 
     def _forget_node(self) -> None:
         try:
@@ -227,9 +324,17 @@ class Instance:
     ) -> None:
         self.stop()
 
-    # Used by Relay
+    # Used by Relay and by callers
 
-    def check_usable(self) -> None:
+    @property
+    def running(self) -> bool:
+        return not self._stopped
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def check_usable(self, *, relay: bool = True) -> None:
         """Raise unless this instance is running in the process that started it."""
         if os.getpid() != self._pid:
             raise InstanceForkedError(
@@ -240,7 +345,7 @@ class Instance:
             raise InstanceNotFoundError(
                 f"instance {self.name!r} is stopped; start it again with relay_actors.start()"
             )
-        if self.relay_plugin is None:
+        if relay and self.relay_plugin is None:
             raise ConfigurationError(
                 f"instance {self.name!r} has no Relay plugin: pass plugins=[Relay] to start()"
             )
@@ -249,22 +354,35 @@ class Instance:
         """Return the calling thread's mailbox, starting it on first use."""
         holder = getattr(self._local, "holder", None)
         if holder is None or not holder.mailbox.is_alive():
-            holder = _MailboxHolder(RelayRefActor.start(self.directory, self.max_outcomes))
+            mailbox = RelayRefActor.start(self.directory, self.options.max_outcomes)
+            holder = _MailboxHolder(mailbox)
             self._local.holder = holder
         return holder.mailbox
 
+    def cancel_job(self, job_id: int, reason: str = "") -> bool:
+        """Cancel a job that has not finished; return False if it had finished or is unknown.
+
+        A waiting caller gets `Error("cancelled")` at once. A running attempt is
+        told through its worker's `cancellation` flag, and its outcome is then
+        dropped, since the job is already cancelled.
+        """
+        self.check_usable(relay=False)
+        return cancel_job(self, job_id, reason)
+
     def statistics(self) -> dict[str, Any]:
         """Return counters of the listener, acker, producers and mailboxes."""
-        result: dict[str, Any] = {"node_id": self.node_id, "mailboxes": len(self.directory)}
-        if self._listener is not None and self._listener.is_alive():
-            result["listener"] = self._listener.proxy().statistics().get(timeout=5)
-        if self._acker is not None and self._acker.is_alive():
-            result["acker"] = self._acker.proxy().statistics().get(timeout=5)
-        result["queues"] = {
-            queue: producer.proxy().statistics().get(timeout=5)
-            for queue, producer in self._producers.items()
-            if producer.is_alive()
+        result: dict[str, Any] = {
+            "node_id": self.node_id,
+            "mailboxes": len(self.directory),
+            "restarts": self._supervisor.restarts(),
         }
+        for name in self._supervisor.names():
+            ref = self._supervisor.ref(name)
+            if ref is not None and ref.is_alive():
+                try:
+                    result[name] = ref.proxy().statistics().get(timeout=5)
+                except (pykka.Timeout, pykka.ActorDeadError, AttributeError):
+                    continue
         return result
 
 
@@ -281,146 +399,3 @@ def _stop_quietly(mailbox: pykka.ActorRef[Any]) -> None:
         mailbox.stop(block=False)
     except pykka.ActorDeadError:
         pass
-
-
-def _plugin_from(plugins: Iterable[object]) -> RelayPlugin | None:
-    from relay_actors.relay import Relay
-
-    found: RelayPlugin | None = None
-    for plugin in plugins:
-        if plugin is Relay:
-            plugin = RelayPlugin()
-        if not isinstance(plugin, RelayPlugin):
-            raise ConfigurationError(f"unknown plugin {plugin!r}: give Relay or Relay.plugin(...)")
-        found = plugin
-    return found
-
-
-def _validate_queues(queues: object) -> dict[str, int]:
-    if not isinstance(queues, Mapping):
-        raise ConfigurationError(
-            f"invalid queues {queues!r}: give a dict of queue name to executor count"
-        )
-    for queue, size in queues.items():
-        if not isinstance(queue, str) or not QUEUE_NAME_PATTERN.fullmatch(queue):
-            raise ConfigurationError(
-                f"invalid queue name {queue!r}: use 1 to 128 letters, digits and _ . : -"
-            )
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1000:
-            raise ConfigurationError(
-                f"invalid executor count {size!r} for queue {queue!r}: give an int from 1 to 1000"
-            )
-    return dict(queues)
-
-
-def start(
-    *,
-    name: str = DEFAULT_NAME,
-    dsn: str | None = None,
-    queues: Mapping[str, int] | None = None,
-    plugins: Iterable[object] = (),
-    prefix: str = "public",
-    node: str | None = None,
-    poll_interval: float = DEFAULT_POLL_INTERVAL,
-    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
-    pool_size: int = DEFAULT_POOL_SIZE,
-    max_outcomes: int = DEFAULT_MAX_OUTCOMES,
-) -> Instance:
-    """Start a node: migrate the schema, then start its listener, producers and acker.
-
-    Args:
-        name: label of the instance within this process, for `Relay.async_(name, job)`.
-        dsn: PostgreSQL connection string, or "embedded" for a private server.
-            Defaults to $RELAY_ACTORS_DSN, then $DATABASE_URL.
-        queues: queue name to number of executors; empty for a node that only
-            inserts and awaits.
-        plugins: `[Relay]` or `[Relay.plugin(...)]` to insert and await relays.
-        prefix: PostgreSQL schema of the tables, created if missing.
-        node: readable node name, default the host name.
-        poll_interval: seconds between polls for jobs whose notification was missed.
-        shutdown_grace: seconds `stop()` waits for running jobs.
-        pool_size: connections shared by the caller threads of this instance.
-        max_outcomes: results each caller thread's mailbox keeps for later awaits.
-
-    Raises:
-        ConfigurationError: an option is invalid, or no DSN is given.
-        RelayError: an instance of this name is already running.
-        psycopg.Error: PostgreSQL cannot be reached or the migration failed.
-    """
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError(f"invalid instance name {name!r}: give a non-empty string")
-    for option, value in (("poll_interval", poll_interval), ("shutdown_grace", shutdown_grace)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigurationError(f"invalid {option} {value!r}: give a number of seconds >= 0")
-    if poll_interval <= 0:
-        raise ConfigurationError(f"invalid poll_interval {poll_interval!r}: give seconds > 0")
-    if isinstance(max_outcomes, bool) or not isinstance(max_outcomes, int) or max_outcomes < 1:
-        raise ConfigurationError(f"invalid max_outcomes {max_outcomes!r}: give an int >= 1")
-    checked_queues = _validate_queues({} if queues is None else queues)
-    plugin = _plugin_from(plugins)
-    validate_prefix(prefix)
-    resolved = resolve_dsn(dsn)
-    with _instances_lock:
-        if name in _instances:
-            raise RelayError(
-                f"an instance named {name!r} is already running in this process; stop it first "
-                "or start this one with another name="
-            )
-        _instances[name] = None  # reserves the name while the instance starts
-    is_embedded = resolved == EMBEDDED
-    acquired = False
-    instance: Instance | None = None
-    try:
-        if is_embedded:
-            resolved = embedded.acquire_shared()
-            acquired = True
-        instance = Instance(
-            name=name,
-            dsn=resolved,
-            queues=checked_queues,
-            plugin=plugin,
-            prefix=prefix,
-            node=node or default_node_name(),
-            poll_interval=float(poll_interval),
-            shutdown_grace=float(shutdown_grace),
-            pool_size=pool_size,
-            max_outcomes=max_outcomes,
-            embedded_server=is_embedded,
-        )
-        with _instances_lock:
-            _instances[name] = instance
-        instance._start()
-    except BaseException:
-        if instance is not None:
-            instance.stop(grace=0)
-        else:
-            with _instances_lock:
-                _instances.pop(name, None)
-            if acquired:
-                embedded.release_shared()
-        raise
-    return instance
-
-
-def get_instance(name: str = DEFAULT_NAME) -> Instance:
-    """Return the running instance called `name`, or raise InstanceNotFoundError."""
-    if not isinstance(name, str):
-        raise InstanceNotFoundError(f"instance name must be a str, got {name!r}")
-    with _instances_lock:
-        instance = _instances.get(name)
-        running = sorted(key for key, value in _instances.items() if value is not None)
-    if instance is None:
-        raise InstanceNotFoundError(
-            f"no running instance named {name!r} (running: {running or 'none'}); "
-            f"start one with relay_actors.start(name={name!r}, ...)"
-        )
-    return instance
-
-
-@atexit.register
-def _stop_all_at_exit() -> None:
-    with _instances_lock:
-        running = [instance for instance in _instances.values() if instance is not None]
-    for instance in running:
-        if instance._pid == os.getpid():
-            instance.stop(grace=0)

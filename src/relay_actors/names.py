@@ -48,6 +48,11 @@ def relay_channel(prefix: str, node_id: str) -> str:
     return f"relay_actors_r_{_digest(prefix, node_id)}"
 
 
+def control_channel(prefix: str) -> str:
+    """Return the channel on which every node of `prefix` hears of cancelled jobs."""
+    return f"relay_actors_c_{_digest(prefix, 'control')}"
+
+
 def insert_channel(prefix: str) -> str:
     """Return the channel on which every node of `prefix` hears of inserted jobs."""
     return f"relay_actors_i_{_digest(prefix)}"

@@ -15,7 +15,8 @@ from psycopg.types.json import Jsonb
 from relay_actors.actors.messages import Track
 from relay_actors.awaiting import await_relays
 from relay_actors.errors import ConfigurationError, InvalidJobError
-from relay_actors.instance import DEFAULT_NAME, Instance, get_instance
+from relay_actors.instance import Instance
+from relay_actors.instances import DEFAULT_NAME, get_instance
 from relay_actors.job import Job, validate_job
 from relay_actors.plugin import RelayPlugin
 from relay_actors.results import Error, Ok
@@ -34,12 +35,15 @@ class Relay(Generic[T]):
         mailbox: the inserting thread's mailbox actor, where the result arrives.
         ref: unique id of this relay, carried in the job's meta.
         instance: name of the instance that inserted the job.
+        xid: id of the caller's transaction for an insert made with `conn=`,
+            so an await can tell an open or rolled-back insert from a slow job.
     """
 
     job: Job
     mailbox: pykka.ActorRef[Any]
     ref: uuid.UUID
     instance: str = DEFAULT_NAME
+    xid: str | None = None
 
     @staticmethod
     def plugin(*, max_result_bytes: int = 8192, inline_results: bool = True) -> RelayPlugin:
@@ -54,7 +58,9 @@ class Relay(Generic[T]):
 
         Call as `Relay.async_(job)`, `Relay.async_("name", job)` or
         `Relay.async_(job, instance="name")`. With `conn`, the insert runs in that
-        connection's open transaction, so the job exists only if it commits.
+        connection's open transaction, so the job exists only if it commits;
+        awaiting it before the commit raises RelayNotCommitted, and after a
+        rollback returns `Error("not_found")`.
 
         Raises:
             InvalidJobError: the job is invalid; nothing was inserted.
@@ -162,7 +168,10 @@ def _insert(
     ]
     if conn is not None and not isinstance(conn, psycopg.Connection):
         raise ConfigurationError(f"conn must be a psycopg.Connection, got {type(conn).__name__}")
+    xid = None
     if conn is not None:
+        xid_row = conn.execute(instance.statements.current_xid).fetchone()
+        xid = str(xid_row[0]) if xid_row else None
         rows = _execute_insert(instance, conn, jobs, metas)
     else:
         with instance.pool.connection() as pooled:
@@ -178,7 +187,7 @@ def _insert(
             inserted_at=inserted_at,
             scheduled_at=scheduled_at,
         )
-        relays.append(Relay(inserted, mailbox, ref, instance.name))
+        relays.append(Relay(inserted, mailbox, ref, instance.name, xid))
         mailbox.tell(Track(str(ref), job_id))
     return relays
 

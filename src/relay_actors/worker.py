@@ -7,6 +7,7 @@ process has imported. A row never makes the node import anything.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
@@ -38,12 +39,22 @@ class Worker(Generic[T]):
     `perform` runs on an executor thread of a node that runs the queue. It may
     return a value for the caller, or `Snooze`, `Cancel` or `Discard`; an
     exception fails the attempt. One worker object is made per attempt.
+
+    Class options: `queue`, `max_attempts`, `priority` (0 runs first, 9
+    last) and `timeout` (seconds an attempt may run before it fails).
     """
 
     name: ClassVar[str] = ""
     queue: ClassVar[str] = "default"
     max_attempts: ClassVar[int] = 20
     priority: ClassVar[int] = 0
+    timeout: ClassVar[float | None] = None
+
+    cancellation: threading.Event
+    """Set when the job is cancelled or overran its timeout; a long job may check it."""
+
+    def __init__(self) -> None:
+        self.cancellation = threading.Event()
 
     def __init_subclass__(
         cls,
@@ -51,9 +62,22 @@ class Worker(Generic[T]):
         queue: str | None = None,
         max_attempts: int | None = None,
         priority: int | None = None,
+        timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
+        if timeout is not None:
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, int | float)
+                or not math.isfinite(timeout)
+                or timeout <= 0
+            ):
+                raise InvalidWorkerError(
+                    f"worker {cls.__qualname__} has invalid timeout {timeout!r}: "
+                    "give a number of seconds > 0, or None for no timeout"
+                )
+            cls.timeout = float(timeout)
         if queue is not None:
             cls.queue = queue
         if max_attempts is not None:
@@ -75,6 +99,10 @@ class Worker(Generic[T]):
             ) from None
         cls.name = worker_name(cls)
         register_worker(cls)
+
+    def cancelled(self) -> bool:
+        """Tell whether the running job was cancelled or overran its timeout."""
+        return self.cancellation.is_set()
 
     def perform(self, job: Job) -> T | Snooze | Cancel | Discard:
         raise NotImplementedError(f"worker {self.name} must define perform(self, job)")

@@ -33,9 +33,10 @@ class AckerActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, *, dsn: str, prefix: str, node_id: str) -> None:
+    def __init__(self, *, dsn: str, prefix: str, node_id: str, insert_channel: str) -> None:
         super().__init__()
         self._dsn = dsn
+        self._insert_channel = insert_channel
         self._node_id = node_id
         self._statements = statements_for(prefix)
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -53,6 +54,17 @@ class AckerActor(pykka.ThreadingActor):
                 len(self._batch),
                 extra={"action": "record_lost"},
             )
+        self._close()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        logger.error(
+            "acker failed with %d outcomes not recorded; those jobs stay executing until rescued",
+            len(self._batch),
+            extra={"action": "record_lost"},
+        )
+        self._close()
+
+    def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -97,9 +109,7 @@ class AckerActor(pykka.ThreadingActor):
                     error,
                     extra={"action": "record_failed"},
                 )
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
+                self._close()
                 return
             del self._batch[: len(batch)]
             self.recorded += len(batch)
@@ -112,6 +122,7 @@ class AckerActor(pykka.ThreadingActor):
             self._conn = connect(self._dsn, "acker", self._node_id)
         params = {
             "id": [outcome.job_id for outcome in batch],
+            "attempt": [outcome.attempt for outcome in batch],
             "state": [outcome.state for outcome in batch],
             "outcome": [outcome.status if outcome.relay else None for outcome in batch],
             "result": [outcome.result for outcome in batch],
@@ -125,15 +136,21 @@ class AckerActor(pykka.ThreadingActor):
         with self._conn.transaction():
             rows = self._conn.execute(self._statements.record, params).fetchall()
             changed = {row[0] for row in rows}
-            channels, payloads = _notifications([o for o in batch if o.job_id in changed])
+            recorded = [outcome for outcome in batch if outcome.job_id in changed]
+            channels, payloads = _notifications(recorded)
+            # Jobs made available again (a lost attempt) wake every node of their queue.
+            for queue in sorted({o.queue for o in recorded if o.state == "available"}):
+                channels.append(self._insert_channel)
+                payloads.append(queue)
             if channels:
                 self._conn.execute(
                     self._statements.notify_many, {"channel": channels, "payload": payloads}
                 )
         skipped = len(batch) - len(changed)
         if skipped:
-            logger.warning(
-                "%d of %d outcomes were not recorded because their jobs were no longer executing",
+            logger.info(
+                "%d of %d outcomes were not recorded because their attempts had ended already "
+                "(the jobs were cancelled, rescued or released)",
                 skipped,
                 len(batch),
                 extra={"action": "record_skipped"},

@@ -12,7 +12,8 @@ import pykka
 from psycopg import sql
 
 from relay_actors.actors.directory import MailboxDirectory
-from relay_actors.actors.messages import Deliver, Poll, Wake
+from relay_actors.actors.messages import CancelRunning, Deliver, Poll, Recheck, Wake
+from relay_actors.actors.slot import ActorSlot
 from relay_actors.store.connect import connect
 from relay_actors.wire import Entry, EnvelopeError, parse_payload
 
@@ -22,6 +23,14 @@ POLL_SECONDS = 0.05
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 WARNING_INTERVAL_SECONDS = 1.0
+
+
+def _tell(actor: pykka.ActorRef[Any], message: Any) -> None:
+    """Send `message`, ignoring an actor that stopped (the supervisor restarts it)."""
+    try:
+        actor.tell(message)
+    except pykka.ActorDeadError:
+        pass
 
 
 class _RateLimitedWarning:
@@ -65,14 +74,18 @@ class ListenerActor(pykka.ThreadingActor):
         node_id: str,
         insert_channel: str,
         relay_channel: str,
+        control_channel: str,
         directory: MailboxDirectory,
         producers: dict[str, pykka.ActorRef[Any]],
+        poller: ActorSlot,
     ) -> None:
         super().__init__()
         self._dsn = dsn
         self._node_id = node_id
         self._insert_channel = insert_channel
         self._relay_channel = relay_channel
+        self._control_channel = control_channel
+        self._poller = poller
         self._directory = directory
         self._producers = producers
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -83,6 +96,7 @@ class ListenerActor(pykka.ThreadingActor):
         self.unroutable = 0
         self.delivered = 0
         self.dropped = 0
+        self.connects = 0
 
     def on_start(self) -> None:
         self._connect()
@@ -102,6 +116,7 @@ class ListenerActor(pykka.ThreadingActor):
     def statistics(self) -> dict[str, Any]:
         return {
             "connected": self._conn is not None,
+            "connects": self.connects,
             "delivered": self.delivered,
             "dropped": self.dropped,
             "unroutable": self.unroutable,
@@ -110,7 +125,7 @@ class ListenerActor(pykka.ThreadingActor):
     def _connect(self) -> bool:
         try:
             conn = connect(self._dsn, "listener", self._node_id)
-            for channel in (self._insert_channel, self._relay_channel):
+            for channel in (self._insert_channel, self._relay_channel, self._control_channel):
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         except psycopg.Error as error:
             if self._down_since is None:
@@ -124,6 +139,7 @@ class ListenerActor(pykka.ThreadingActor):
             return False
         self._conn = conn
         self._reconnect_delay = RECONNECT_MIN_SECONDS
+        self.connects += 1
         if self._down_since is not None:
             logger.warning(
                 "listener for node %s reconnected after %.1f s",
@@ -134,9 +150,12 @@ class ListenerActor(pykka.ThreadingActor):
             self._down_since = None
         else:
             logger.debug("listener for node %s connected", self._node_id)
-        # Every producer claims once, since inserts during the outage were missed.
-        for producer in self._producers.values():
-            producer.tell(Wake())
+        if self.connects > 1:
+            # Notifications sent while disconnected are lost: every producer
+            # claims once, and every pending relay's row is read again.
+            for producer in list(self._producers.values()):
+                _tell(producer, Wake())
+            self._poller.tell(Recheck())
         return True
 
     def _poll(self) -> None:
@@ -170,7 +189,18 @@ class ListenerActor(pykka.ThreadingActor):
         elif channel == self._insert_channel:
             producer = self._producers.get(payload)
             if producer is not None:
-                producer.tell(Wake())
+                _tell(producer, Wake())
+        elif channel == self._control_channel:
+            self._control(payload)
+
+    def _control(self, payload: str) -> None:
+        command, _, argument = payload.partition(":")
+        if command != "cancel" or not argument.isdigit():
+            self.dropped += 1
+            self._malformed.warn("listener dropped a malformed control notification %.40r", payload)
+            return
+        for producer in list(self._producers.values()):
+            _tell(producer, CancelRunning(int(argument)))
 
     def _route_results(self, payload: str) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -10,7 +11,14 @@ import pykka
 from pykka import ThreadingFuture
 
 from relay_actors.actors.directory import MailboxDirectory
-from relay_actors.actors.messages import READ_ROW, AwaitRefs, Deliver, Forget, Track
+from relay_actors.actors.messages import (
+    READ_ROW,
+    AwaitRefs,
+    Deliver,
+    Forget,
+    PendingRefs,
+    Track,
+)
 from relay_actors.wire import Delivery
 
 logger = logging.getLogger("relay_actors.mailbox")
@@ -36,7 +44,8 @@ class RelayRefActor(pykka.ThreadingActor):
         self._directory = directory
         self._max_outcomes = max_outcomes
         self._outcomes: OrderedDict[str, Delivery] = OrderedDict()
-        self._pending: dict[str, int] = {}
+        # Refs without a final outcome yet: ref -> (job id, monotonic time tracked).
+        self._pending: dict[str, tuple[int, float]] = {}
         self._waiters: dict[str, list[tuple[ThreadingFuture[Any], bool]]] = {}
 
     def on_start(self) -> None:
@@ -53,9 +62,12 @@ class RelayRefActor(pykka.ThreadingActor):
         if isinstance(message, AwaitRefs):
             return [self._await(ref, job_id, message.with_retries) for ref, job_id in message.items]
         if isinstance(message, Track):
-            if message.ref not in self._outcomes:
-                self._pending[message.ref] = message.job_id
+            known = self._outcomes.get(message.ref)
+            if known is None or not known.final:
+                self._pending[message.ref] = (message.job_id, time.monotonic())
             return None
+        if isinstance(message, PendingRefs):
+            return self._pending_refs(message.ttl)
         if isinstance(message, Forget):
             for ref, future in message.waits:
                 self._forget(ref, future)
@@ -76,8 +88,8 @@ class RelayRefActor(pykka.ThreadingActor):
             return
         self._outcomes[ref] = delivery
         self._outcomes.move_to_end(ref)
-        self._pending.pop(ref, None)
         if delivery.final:
+            self._pending.pop(ref, None)
             self._directory.release(ref)
         while len(self._outcomes) > self._max_outcomes:
             self._outcomes.popitem(last=False)
@@ -105,12 +117,26 @@ class RelayRefActor(pykka.ThreadingActor):
             # No record of this ref: its result was dropped from the cache, or
             # it was inserted by another mailbox. Expect it from now on, and let
             # the caller read the row for anything that finished before.
-            self._pending[ref] = job_id
+            self._pending[ref] = (job_id, time.monotonic())
             self._directory.adopt(ref, self.actor_ref)
             future.set(READ_ROW)
             return future
         self._waiters.setdefault(ref, []).append((future, with_retries))
         return future
+
+    def _pending_refs(self, ttl: float) -> list[tuple[str, int]]:
+        expired_before = time.monotonic() - ttl
+        expired = [
+            ref
+            for ref, (_, tracked_at) in self._pending.items()
+            if tracked_at < expired_before and ref not in self._waiters
+        ]
+        for ref in expired:
+            del self._pending[ref]
+            self._directory.release(ref)
+        if expired:
+            logger.debug("mailbox %s dropped %d expired pending refs", self.actor_urn, len(expired))
+        return [(ref, job_id) for ref, (job_id, _) in self._pending.items()]
 
     def _forget(self, ref: str, future: ThreadingFuture[Any]) -> None:
         waits = self._waiters.get(ref)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +34,22 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class Execute:
-    """Run one attempt of `job`."""
+    """Run one attempt of `job`; `cancellation` is set to ask the job to stop early."""
 
     job: Job
+    cancellation: threading.Event
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRunning:
+    """The job was cancelled; set the cancellation flag of the attempt running it."""
+
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Reply with the jobs still running; their outcomes are then recorded as lost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,7 @@ class AttemptOutcome:
     attempt: int
     state: str
     status: str
+    queue: str = ""
     result: bytes | None = None
     delay: float = 0.0
     extra_attempts: int = 0
@@ -115,6 +130,22 @@ class AwaitRefs:
 
     items: tuple[tuple[str, int], ...]
     with_retries: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRefs:
+    """Ask a mailbox for its (ref, job id) pairs without a final outcome.
+
+    Refs older than `ttl` seconds that nobody awaits are dropped first; an
+    await of such a ref later reads the job's row.
+    """
+
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """Re-read the rows of every pending relay now (after a reconnect)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -11,12 +13,24 @@ import pykka
 from pykka import ThreadingFuture
 
 from relay_actors.actors.executor import ExecutorActor
-from relay_actors.actors.messages import Claim, Drain, Execute, ExecutorIdle, Tick, Wake
+from relay_actors.actors.messages import (
+    CancelRunning,
+    Claim,
+    Drain,
+    Execute,
+    ExecutorIdle,
+    Release,
+    Tick,
+    Wake,
+)
+from relay_actors.actors.slot import ActorSlot
 from relay_actors.job import Job
 from relay_actors.store.connect import connect
 from relay_actors.store.statements import statements_for
 
 logger = logging.getLogger("relay_actors.producer")
+
+EXECUTOR_STOP_SECONDS = 1.0
 
 
 class ProducerActor(pykka.ThreadingActor):
@@ -25,6 +39,7 @@ class ProducerActor(pykka.ThreadingActor):
     Wake-ups (inserts, ticks, executors becoming idle) are coalesced: any
     number of them queued together lead to one claim. Claiming runs on this
     actor's thread with a statement timeout, so the inbox never waits forever.
+    Between wake-ups the producer polls every `poll_interval` seconds.
     """
 
     use_daemon_thread = True
@@ -37,7 +52,8 @@ class ProducerActor(pykka.ThreadingActor):
         queue: str,
         executors: int,
         node_id: str,
-        acker: pykka.ActorRef[Any],
+        acker: ActorSlot,
+        poll_interval: float,
     ) -> None:
         super().__init__()
         self._dsn = dsn
@@ -46,12 +62,15 @@ class ProducerActor(pykka.ThreadingActor):
         self._size = executors
         self._node_id = node_id
         self._acker = acker
+        self._poll_interval = poll_interval
         self._statements = statements_for(prefix)
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._executors: list[pykka.ActorRef[Any]] = []
         self._idle: deque[pykka.ActorRef[Any]] = deque()
+        self._running: dict[str, tuple[Job, threading.Event]] = {}
         self._want_claim = True
         self._claim_queued = False
+        self._next_poll = 0.0
         self._draining = False
         self._drained: list[ThreadingFuture[None]] = []
         self.claimed = 0
@@ -64,29 +83,45 @@ class ProducerActor(pykka.ThreadingActor):
         self._queue_claim()
 
     def on_stop(self) -> None:
+        # Idle executors stop at once; one still running a job (past the
+        # shutdown grace period) stops after its job returns.
         for executor in self._executors:
             executor.stop(block=False)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        deadline = time.monotonic() + EXECUTOR_STOP_SECONDS
+        for executor in self._executors:
+            executor.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+        self._close()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        for executor in self._executors:
+            executor.stop(block=False)
+        self._close()
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Wake | Tick):
+        if isinstance(message, Wake):
             self._want_claim = True
             self._queue_claim()
+        elif isinstance(message, Tick):
+            if time.monotonic() >= self._next_poll:
+                self._want_claim = True
+                self._queue_claim()
         elif isinstance(message, Claim):
             self._claim_queued = False
             self._claim()
         elif isinstance(message, ExecutorIdle):
-            self._idle.append(message.executor)
-            self._queue_claim()
-            self._settle_drain()
+            self._on_idle(message.executor)
+        elif isinstance(message, CancelRunning):
+            for job, cancellation in self._running.values():
+                if job.id == message.job_id:
+                    cancellation.set()
         elif isinstance(message, Drain):
             self._draining = True
             future: ThreadingFuture[None] = ThreadingFuture()
             self._drained.append(future)
             self._settle_drain()
             return future
+        elif isinstance(message, Release):
+            return [job for job, _ in self._running.values()]
         else:
             logger.warning("producer %s dropped an unknown message %r", self._queue, type(message))
         return None
@@ -94,9 +129,15 @@ class ProducerActor(pykka.ThreadingActor):
     def statistics(self) -> dict[str, int]:
         return {
             "executors": self._size,
-            "busy": self._size - len(self._idle),
+            "busy": len(self._running),
             "claimed": self.claimed,
         }
+
+    def _on_idle(self, executor: pykka.ActorRef[Any]) -> None:
+        self._running.pop(executor.actor_urn, None)
+        self._idle.append(executor)
+        self._queue_claim()
+        self._settle_drain()
 
     def _queue_claim(self) -> None:
         if self._want_claim and self._idle and not self._claim_queued and not self._draining:
@@ -104,7 +145,7 @@ class ProducerActor(pykka.ThreadingActor):
             self.actor_ref.tell(Claim())
 
     def _settle_drain(self) -> None:
-        if self._draining and len(self._idle) == self._size:
+        if self._draining and not self._running:
             for future in self._drained:
                 future.set(None)
             self._drained.clear()
@@ -113,30 +154,38 @@ class ProducerActor(pykka.ThreadingActor):
         if self._draining or not self._idle:
             return
         limit = len(self._idle)
+        self._next_poll = time.monotonic() + self._poll_interval
         try:
             rows = self._fetch(limit)
         except psycopg.Error as error:
             logger.warning(
-                "claim on queue %s failed, retrying on the next tick: %s",
+                "claim on queue %s failed, retrying on the next poll: %s",
                 self._queue,
                 error,
                 extra={"action": "claim_failed", "queue": self._queue},
             )
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._close()
             return
         # A full batch suggests more jobs wait; claim again once executors free up.
         self._want_claim = len(rows) == limit
         for row in rows:
             self.claimed += 1
-            self._idle.popleft().tell(Execute(_job_from_row(row)))
+            job = _job_from_row(row)
+            executor = self._idle.popleft()
+            cancellation = threading.Event()
+            self._running[executor.actor_urn] = (job, cancellation)
+            executor.tell(Execute(job, cancellation))
 
     def _fetch(self, limit: int) -> list[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn, f"producer {self._queue}", self._node_id)
         params = {"node": self._node_id, "queue": self._queue, "limit": limit}
         return self._conn.execute(self._statements.claim, params).fetchall()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _job_from_row(row: tuple[Any, ...]) -> Job:

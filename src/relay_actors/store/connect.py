@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from relay_actors.errors import ConfigurationError, RelayError
 
@@ -20,12 +21,15 @@ EMBEDDED = "embedded"
 CONNECT_TIMEOUT_SECONDS = 10
 STATEMENT_TIMEOUT_MS = 30_000
 
-# TCP keepalives detect a peer that vanished without closing the socket.
-_KEEPALIVES = {
+# TCP keepalives and tcp_user_timeout detect a peer that vanished without
+# closing the socket (a half-open connection) within about 30 s, so the
+# listener reconnects instead of waiting for notifications that never come.
+_TCP_SETTINGS = {
     "keepalives": 1,
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
 }
 
 
@@ -55,9 +59,14 @@ def connect(dsn: str, role: str, node_id: str) -> psycopg.Connection[tuple[objec
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
         "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
     }
-    if "host=/" not in dsn and "@/" not in dsn:
-        params.update(_KEEPALIVES)
+    if not _is_unix_socket(dsn):
+        params.update(_TCP_SETTINGS)
     return psycopg.connect(dsn, **params)  # type: ignore[arg-type]
+
+
+def _is_unix_socket(dsn: str) -> bool:
+    host = conninfo_to_dict(dsn).get("host")
+    return isinstance(host, str) and host.startswith("/")
 
 
 class PoolTimeout(RelayError, TimeoutError):

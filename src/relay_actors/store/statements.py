@@ -79,12 +79,85 @@ SET state = u.state,
     errors = CASE WHEN u.error IS NULL THEN j.errors
                   ELSE j.errors || jsonb_build_array(u.error) END,
     meta = CASE WHEN u.meta_patch IS NULL THEN j.meta ELSE j.meta || u.meta_patch END
-FROM unnest(%(id)s::bigint[], %(state)s::text[], %(outcome)s::text[], %(result)s::bytea[],
-            %(delay)s::float8[], %(extra_attempts)s::smallint[], %(error)s::jsonb[],
-            %(meta_patch)s::jsonb[])
-     AS u(id, state, outcome, result, delay, extra_attempts, error, meta_patch)
-WHERE j.id = u.id AND j.state = 'executing'
+FROM unnest(%(id)s::bigint[], %(attempt)s::smallint[], %(state)s::text[], %(outcome)s::text[],
+            %(result)s::bytea[], %(delay)s::float8[], %(extra_attempts)s::smallint[],
+            %(error)s::jsonb[], %(meta_patch)s::jsonb[])
+     AS u(id, attempt, state, outcome, result, delay, extra_attempts, error, meta_patch)
+WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt
 RETURNING j.id
+"""
+
+# Makes due scheduled and retryable jobs available, and wakes their queues.
+_STAGE = """
+WITH due AS (
+    SELECT id FROM {jobs}
+    WHERE state IN ('scheduled', 'retryable') AND scheduled_at <= now()
+    ORDER BY scheduled_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+staged AS (
+    UPDATE {jobs} AS j SET state = 'available' FROM due WHERE j.id = due.id RETURNING j.queue
+)
+SELECT queue, count(*), pg_notify(%(channel)s, queue) FROM staged GROUP BY queue
+"""
+
+# Jobs left executing by a node whose heartbeat is older than the rescue
+# delay, or whose node row is gone.
+_FIND_ORPHANS = """
+SELECT j.id, j.queue, j.worker, j.meta, j.attempt, j.max_attempts, j.attempted_by
+FROM {jobs} AS j
+WHERE j.state = 'executing'
+  AND NOT EXISTS (
+      SELECT 1 FROM {nodes} AS n
+      WHERE n.node_id = j.attempted_by
+        AND n.heartbeat_at > now() - make_interval(secs => %(rescue_after)s))
+ORDER BY j.id
+LIMIT %(limit)s
+"""
+
+_HEARTBEAT = """
+INSERT INTO {nodes} (node_id, name, queues, workers, statistics)
+VALUES (%(node_id)s, %(name)s, %(queues)s, %(workers)s, %(statistics)s)
+ON CONFLICT (node_id) DO UPDATE
+SET heartbeat_at = now(), statistics = EXCLUDED.statistics, workers = EXCLUDED.workers
+"""
+
+_DELETE_STALE_NODES = """
+DELETE FROM {nodes} WHERE heartbeat_at < now() - make_interval(secs => %(age)s)
+"""
+
+# Deletes finished jobs older than the age, oldest ids first, in bounded batches.
+_PRUNE = """
+DELETE FROM {jobs} WHERE id IN (
+    SELECT id FROM {jobs}
+    WHERE state IN ('completed', 'discarded', 'cancelled')
+      AND coalesce(completed_at, discarded_at, cancelled_at)
+          < now() - make_interval(secs => %(age)s)
+    ORDER BY id
+    LIMIT %(limit)s)
+"""
+
+# Cancels a job that has not finished. The old state tells whether a node is
+# running it and must be told.
+_CANCEL = """
+UPDATE {jobs} AS j
+SET state = 'cancelled', cancelled_at = now(), result = NULL,
+    outcome = CASE WHEN j.meta ? 'relay' THEN 'cancelled' END,
+    meta = j.meta || jsonb_build_object('cancel_reason', %(reason)s::text)
+FROM (SELECT id, state FROM {jobs} WHERE id = %(id)s FOR UPDATE) AS old
+WHERE j.id = old.id
+  AND old.state IN ('available', 'scheduled', 'retryable', 'executing')
+RETURNING old.state, j.meta, j.attempt, j.queue, j.attempted_by
+"""
+
+_XACT_STATUS = "SELECT pg_xact_status(%(xid)s::xid8)"
+
+_CURRENT_XID = "SELECT pg_current_xact_id()::text"
+
+_READ_FINISHED = """
+SELECT id, state, outcome, result, attempt FROM {jobs}
+WHERE id = ANY(%(ids)s::bigint[]) AND outcome IS NOT NULL
 """
 
 _NOTIFY_MANY = """
@@ -122,6 +195,15 @@ class Statements:
         self.read_outcomes = sql.SQL(_READ_OUTCOMES).format(**names)
         self.upsert_node = sql.SQL(_UPSERT_NODE).format(**names)
         self.delete_node = sql.SQL(_DELETE_NODE).format(**names)
+        self.stage = sql.SQL(_STAGE).format(**names)
+        self.find_orphans = sql.SQL(_FIND_ORPHANS).format(**names)
+        self.heartbeat = sql.SQL(_HEARTBEAT).format(**names)
+        self.delete_stale_nodes = sql.SQL(_DELETE_STALE_NODES).format(**names)
+        self.prune = sql.SQL(_PRUNE).format(**names)
+        self.cancel = sql.SQL(_CANCEL).format(**names)
+        self.xact_status = sql.SQL(_XACT_STATUS)
+        self.current_xid = sql.SQL(_CURRENT_XID)
+        self.read_finished = sql.SQL(_READ_FINISHED).format(**names)
 
 
 @lru_cache(maxsize=64)

@@ -1,0 +1,164 @@
+"""Starting instances, and finding a running one by name."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+from relay_actors import embedded
+from relay_actors.errors import ConfigurationError, InstanceNotFoundError, RelayError
+from relay_actors.instance import Instance
+from relay_actors.names import default_node_name, validate_prefix
+from relay_actors.options import Options
+from relay_actors.plugin import RelayPlugin
+from relay_actors.store.connect import EMBEDDED, resolve_dsn
+
+DEFAULT_NAME = "default"
+
+_instances: dict[str, Instance | None] = {}
+_lock = threading.Lock()
+
+
+def _plugin_from(plugins: Iterable[object]) -> RelayPlugin | None:
+    from relay_actors.relay import Relay
+
+    if isinstance(plugins, str | bytes) or not isinstance(plugins, Iterable):
+        raise ConfigurationError(f"invalid plugins {plugins!r}: give a list such as [Relay]")
+    found: RelayPlugin | None = None
+    for plugin in plugins:
+        if plugin is Relay:
+            plugin = RelayPlugin()
+        if not isinstance(plugin, RelayPlugin):
+            raise ConfigurationError(f"unknown plugin {plugin!r}: give Relay or Relay.plugin(...)")
+        found = plugin
+    return found
+
+
+def start(
+    *,
+    name: str = DEFAULT_NAME,
+    dsn: str | None = None,
+    queues: Mapping[str, int] | None = None,
+    plugins: Iterable[object] = (),
+    prefix: str = "public",
+    node: str | None = None,
+    poll_interval: float = 1.0,
+    shutdown_grace: float = 15.0,
+    pool_size: int = 10,
+    max_outcomes: int = 10_000,
+    heartbeat_interval: float = 5.0,
+    rescue_after: float = 60.0,
+    safety_net_interval: float = 5.0,
+    pending_ttl: float = 3600.0,
+    prune_after: float = 86_400.0,
+    prune_interval: float = 60.0,
+) -> Instance:
+    """Start a node: migrate the schema, then start its actors.
+
+    Args:
+        name: label of the instance within this process, for `Relay.async_(name, job)`.
+        dsn: PostgreSQL connection string, or "embedded" for a private server
+            shared by this process's instances. Defaults to $RELAY_ACTORS_DSN,
+            then $DATABASE_URL.
+        queues: queue name to number of executors; empty for a node that only
+            inserts and awaits.
+        plugins: `[Relay]` or `[Relay.plugin(...)]` to insert and await relays.
+        prefix: PostgreSQL schema of the tables, created if missing.
+        node: readable node name, default the host name.
+        The other options are durations in seconds and sizes, described on `Options`.
+
+    Raises:
+        ConfigurationError: an option is invalid, or no DSN is given.
+        RelayError: an instance of this name is already running.
+        psycopg.Error: PostgreSQL cannot be reached or the migration failed.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError(f"invalid instance name {name!r}: give a non-empty string")
+    options = Options(
+        queues={} if queues is None else queues,
+        plugin=_plugin_from(plugins),
+        poll_interval=poll_interval,
+        shutdown_grace=shutdown_grace,
+        pool_size=pool_size,
+        max_outcomes=max_outcomes,
+        heartbeat_interval=heartbeat_interval,
+        rescue_after=rescue_after,
+        safety_net_interval=safety_net_interval,
+        pending_ttl=pending_ttl,
+        prune_after=prune_after,
+        prune_interval=prune_interval,
+    )
+    validate_prefix(prefix)
+    resolved = resolve_dsn(dsn)
+    with _lock:
+        if name in _instances:
+            raise RelayError(
+                f"an instance named {name!r} is already running in this process; stop it "
+                "first, or start this one with another name="
+            )
+        _instances[name] = None  # reserves the name while the instance starts
+    is_embedded = resolved == EMBEDDED
+    acquired = False
+    instance: Instance | None = None
+    try:
+        if is_embedded:
+            resolved = embedded.acquire_shared()
+            acquired = True
+        instance = Instance(
+            name=name,
+            dsn=resolved,
+            prefix=prefix,
+            node=node or default_node_name(),
+            options=options,
+            on_stop=_forget(acquired),
+        )
+        with _lock:
+            _instances[name] = instance
+        instance.start_actors()
+    except BaseException:
+        if instance is not None:
+            instance.stop(grace=0)
+        else:
+            with _lock:
+                _instances.pop(name, None)
+            if acquired:
+                embedded.release_shared()
+        raise
+    return instance
+
+
+def _forget(embedded_server: bool) -> Callable[[Instance], None]:
+    def forget(instance: Instance) -> None:
+        with _lock:
+            if _instances.get(instance.name) is instance:
+                del _instances[instance.name]
+        if embedded_server:
+            embedded.release_shared()
+
+    return forget
+
+
+def get_instance(name: str = DEFAULT_NAME) -> Instance:
+    """Return the running instance called `name`, or raise InstanceNotFoundError."""
+    if not isinstance(name, str):
+        raise InstanceNotFoundError(f"instance name must be a str, got {name!r}")
+    with _lock:
+        instance = _instances.get(name)
+        running = sorted(key for key, value in _instances.items() if value is not None)
+    if instance is None:
+        raise InstanceNotFoundError(
+            f"no running instance named {name!r} (running: {', '.join(running) or 'none'}); "
+            f"start one with relay_actors.start(name={name!r}, ...)"
+        )
+    return instance
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    with _lock:
+        running = [instance for instance in _instances.values() if instance is not None]
+    for instance in running:
+        if instance.pid == os.getpid():
+            instance.stop(grace=0)

@@ -1,0 +1,100 @@
+"""`Options`: the validated settings of one instance, with their defaults."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from relay_actors.errors import ConfigurationError
+from relay_actors.job import QUEUE_NAME_PATTERN
+from relay_actors.plugin import RelayPlugin
+
+MAX_EXECUTORS = 1000
+DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_SHUTDOWN_GRACE = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Settings of an instance. Durations are seconds.
+
+    Attributes:
+        queues: queue name to executor count; empty for an insert-and-await node.
+        poll_interval: how often producers look for jobs without a notification,
+            and how often the stager makes due jobs available.
+        shutdown_grace: how long `stop()` lets running jobs finish.
+        pool_size: connections shared by the instance's caller threads.
+        max_outcomes: results each caller thread's mailbox keeps for later awaits.
+        heartbeat_interval: how often the node writes its heartbeat.
+        rescue_after: heartbeat age after which a node's executing jobs are rescued.
+        safety_net_interval: how often the rows of pending relays are re-read.
+        pending_ttl: how long a mailbox tracks a relay nobody awaits.
+        prune_after: age of finished jobs that the pruner deletes.
+        prune_interval: how often the pruner runs.
+    """
+
+    queues: Mapping[str, int]
+    plugin: RelayPlugin | None = None
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    pool_size: int = 10
+    max_outcomes: int = 10_000
+    heartbeat_interval: float = 5.0
+    rescue_after: float = 60.0
+    safety_net_interval: float = 5.0
+    pending_ttl: float = 3600.0
+    prune_after: float = 86_400.0
+    prune_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        _check_queues(self.queues)
+        for name in (
+            "poll_interval",
+            "heartbeat_interval",
+            "rescue_after",
+            "safety_net_interval",
+            "pending_ttl",
+            "prune_after",
+            "prune_interval",
+        ):
+            _check_seconds(name, getattr(self, name), allow_zero=False)
+        _check_seconds("shutdown_grace", self.shutdown_grace, allow_zero=True)
+        for name in ("pool_size", "max_outcomes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"invalid {name} {value!r}: give an int >= 1")
+        if self.rescue_after <= 2 * self.heartbeat_interval:
+            raise ConfigurationError(
+                f"rescue_after ({self.rescue_after} s) must exceed twice heartbeat_interval "
+                f"({self.heartbeat_interval} s), or live nodes would lose their jobs"
+            )
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
+    valid = (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value >= 0 if allow_zero else value > 0)
+    )
+    if not valid:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"invalid {name} {value!r}: give a number of seconds {bound}")
+
+
+def _check_queues(queues: object) -> None:
+    if not isinstance(queues, Mapping):
+        raise ConfigurationError(
+            f"invalid queues {queues!r}: give a dict of queue name to executor count"
+        )
+    for queue, size in queues.items():
+        if not isinstance(queue, str) or not QUEUE_NAME_PATTERN.fullmatch(queue):
+            raise ConfigurationError(
+                f"invalid queue name {queue!r}: use 1 to 128 letters, digits and _ . : -"
+            )
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_EXECUTORS:
+            raise ConfigurationError(
+                f"invalid executor count {size!r} for queue {queue!r}: "
+                f"give an int from 1 to {MAX_EXECUTORS}"
+            )
