@@ -15,5 +15,9 @@ class JobTimeout(Exception):
     """The attempt ran longer than its worker's timeout."""
 
 
+class RecordFailed(Exception):
+    """The attempt's outcome could not be written to its row."""
+
+
 class AttemptLost(Exception):
     """The node running the attempt died, or stopped before the attempt finished."""

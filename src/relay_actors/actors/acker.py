@@ -12,6 +12,8 @@ from psycopg.types.json import Jsonb
 from pykka import ThreadingFuture
 
 from relay_actors.actors.messages import AttemptOutcome, Flush, Record, Sync, Tick
+from relay_actors.actors.outcomes import failed_attempt
+from relay_actors.failures import RecordFailed
 from relay_actors.store.connect import connect
 from relay_actors.store.statements import statements_for
 from relay_actors.wire import FINAL_STATES, Delivery, Entry, pack_payloads
@@ -19,6 +21,7 @@ from relay_actors.wire import FINAL_STATES, Delivery, Entry, pack_payloads
 logger = logging.getLogger("relay_actors.acker")
 
 MAX_BATCH = 500
+RECORD_FAILED_TYPE = f"{RecordFailed.__module__}.{RecordFailed.__qualname__}"
 
 
 class AckerActor(pykka.ThreadingActor):
@@ -102,7 +105,7 @@ class AckerActor(pykka.ThreadingActor):
             batch = self._batch[:MAX_BATCH]
             try:
                 self._write(batch)
-            except psycopg.Error as error:
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                 logger.warning(
                     "recording %d job outcomes failed, retrying on the next tick: %s",
                     len(batch),
@@ -111,11 +114,46 @@ class AckerActor(pykka.ThreadingActor):
                 )
                 self._close()
                 return
+            except psycopg.Error as error:
+                # Not a connection problem, so retrying the same batch would
+                # fail again: find the outcomes at fault one by one.
+                logger.error("recording a batch of outcomes failed: %s", error)
+                self._write_one_by_one(batch)
             del self._batch[: len(batch)]
             self.recorded += len(batch)
         for future in self._syncs:
             future.set(None)
         self._syncs.clear()
+
+    def _write_one_by_one(self, batch: list[AttemptOutcome]) -> None:
+        """Write each outcome alone; one that still fails is replaced by a failed attempt."""
+        for outcome in batch:
+            try:
+                self._write([outcome])
+                continue
+            except psycopg.Error as error:
+                fallback = failed_attempt(
+                    job_id=outcome.job_id,
+                    queue=outcome.queue,
+                    attempt=outcome.attempt,
+                    max_attempts=outcome.attempt + 1,
+                    error_type=RECORD_FAILED_TYPE,
+                    message=f"the outcome {outcome.status!r} could not be recorded: {error}",
+                    trace="",
+                    node_id=self._node_id,
+                    relay=outcome.relay,
+                    delay=0.0,
+                )
+            try:
+                self._write([fallback])
+            except psycopg.Error as error:
+                logger.error(
+                    "outcome of job %s attempt %s is lost: %s",
+                    outcome.job_id,
+                    outcome.attempt,
+                    error,
+                    extra={"action": "record_lost", "job_id": outcome.job_id},
+                )
 
     def _write(self, batch: list[AttemptOutcome]) -> None:
         if self._conn is None or self._conn.closed:
@@ -126,7 +164,7 @@ class AckerActor(pykka.ThreadingActor):
             "state": [outcome.state for outcome in batch],
             "outcome": [outcome.status if outcome.relay else None for outcome in batch],
             "result": [outcome.result for outcome in batch],
-            "delay": [outcome.delay for outcome in batch],
+            "delay": [float(outcome.delay) for outcome in batch],
             "extra_attempts": [outcome.extra_attempts for outcome in batch],
             "error": [Jsonb(outcome.error) if outcome.error else None for outcome in batch],
             "meta_patch": [

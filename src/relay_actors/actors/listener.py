@@ -103,6 +103,12 @@ class ListenerActor(pykka.ThreadingActor):
         self.actor_ref.tell(Poll())
 
     def on_stop(self) -> None:
+        self._close()
+
+    def on_failure(self, *exc_info: Any) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -123,11 +129,14 @@ class ListenerActor(pykka.ThreadingActor):
         }
 
     def _connect(self) -> bool:
+        conn = None
         try:
             conn = connect(self._dsn, "listener", self._node_id)
             for channel in (self._insert_channel, self._relay_channel, self._control_channel):
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         except psycopg.Error as error:
+            if conn is not None:
+                conn.close()
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 logger.warning(

@@ -140,7 +140,7 @@ def from_return(job: Job, value: Any, prefix: str, node_id: str) -> AttemptOutco
         return AttemptOutcome(
             state="scheduled",
             status=Reason.SNOOZED.value,
-            delay=value.seconds,
+            delay=float(value.seconds),
             extra_attempts=1,
             meta_patch={"snoozed": count},
             **common,

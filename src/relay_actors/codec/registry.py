@@ -20,7 +20,7 @@ _by_class: dict[type, str] = {}
 
 
 def register(cls: type, *, tag: str) -> type:
-    """Register a dataclass or an enum under `tag`; return the class, so it works as a decorator.
+    """Register a dataclass or an enum under `tag`, and return the class.
 
     Raises:
         TypeError: `cls` is neither a dataclass nor an Enum subclass.
