@@ -37,7 +37,8 @@ def cancel_job(instance: Instance, job_id: int, reason: str) -> bool:
         relay = relay_target(job_id, meta, instance.prefix)
         if relay is not None:
             delivery = Delivery(job_id, Reason.CANCELLED.value, attempt, True)
-            for payload in pack_payloads([(Entry(relay.mailbox, relay.ref, delivery), True)]):
+            entries = [(Entry(relay.mailbox, relay.ref, delivery), True)]
+            for payload in pack_payloads(entries, instance.options.secret):
                 channels.append(relay.channel)
                 payloads.append(payload)
         if old_state == "executing":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,10 @@ from relay_actors.store.connect import resolve_dsn
 from relay_actors.store.migrations import LATEST_VERSION, migrate
 
 logger = logging.getLogger("relay_actors.cli")
+
+# The worker reads the signing secret from the environment, not the command
+# line, where other users of the machine could read it.
+SECRET_VARIABLE = "RELAY_ACTORS_SECRET"
 
 
 def _queue_option(text: str) -> tuple[str, int]:
@@ -46,7 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser(
-        "worker", help="run a node that executes jobs until SIGTERM or SIGINT"
+        "worker",
+        help="run a node that executes jobs until SIGTERM or SIGINT; "
+        "$RELAY_ACTORS_SECRET, if set, signs relay results",
     )
     worker.add_argument(
         "--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)"
@@ -146,6 +153,7 @@ def run_worker(args: argparse.Namespace) -> int:
             node=args.node,
             poll_interval=args.poll_interval,
             heartbeat_interval=args.heartbeat_interval,
+            secret=os.environ.get(SECRET_VARIABLE) or None,
             rescue_after=args.rescue_after,
             shutdown_grace=args.grace,
         )

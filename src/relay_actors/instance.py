@@ -108,7 +108,9 @@ class Instance:
         start = self._supervisor.start_child
         acker = start(
             "acker",
-            lambda: AckerActor.start(insert_channel=self.insert_channel, **common),
+            lambda: AckerActor.start(
+                insert_channel=self.insert_channel, secret=options.secret, **common
+            ),
         )
         for queue, size in self.queues.items():
             start(
@@ -161,6 +163,7 @@ class Instance:
                 directory=self.directory,
                 producers=self._producers,
                 poller=poller,
+                secret=options.secret,
             ),
         )
         assert listener.ref is not None

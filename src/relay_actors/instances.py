@@ -54,6 +54,7 @@ def start(
     pending_ttl: float = 3600.0,
     prune_after: float = 86_400.0,
     prune_interval: float = 60.0,
+    secret: str | bytes | None = None,
 ) -> Instance:
     """Start a node: migrate the schema, then start its actors.
 
@@ -67,6 +68,8 @@ def start(
         plugins: `[Relay]` or `[Relay.plugin(...)]` to insert and await relays.
         prefix: PostgreSQL schema of the tables, created if missing.
         node: readable node name, default the host name.
+        secret: signs relay notifications, so results forged by another database
+            role that can NOTIFY are dropped; give the same value to every node.
         The other options are durations in seconds and sizes, described on `Options`.
 
     Raises:
@@ -89,6 +92,7 @@ def start(
         pending_ttl=pending_ttl,
         prune_after=prune_after,
         prune_interval=prune_interval,
+        secret=secret.encode() if isinstance(secret, str) else secret,
     )
     validate_prefix(prefix)
     resolved = resolve_dsn(dsn)

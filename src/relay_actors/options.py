@@ -11,6 +11,7 @@ from relay_actors.job import QUEUE_NAME_PATTERN
 from relay_actors.plugin import RelayPlugin
 
 MAX_EXECUTORS = 1000
+MIN_SECRET_BYTES = 16
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_SHUTDOWN_GRACE = 15.0
 
@@ -32,6 +33,7 @@ class Options:
         pending_ttl: how long a mailbox tracks a relay nobody awaits.
         prune_after: age of finished jobs that the pruner deletes.
         prune_interval: how often the pruner runs.
+        secret: key that signs relay notifications; the same on every node.
     """
 
     queues: Mapping[str, int]
@@ -46,6 +48,7 @@ class Options:
     pending_ttl: float = 3600.0
     prune_after: float = 86_400.0
     prune_interval: float = 60.0
+    secret: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_queues(self.queues)
@@ -64,6 +67,13 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"invalid {name} {value!r}: give an int >= 1")
+        if self.secret is not None and (
+            not isinstance(self.secret, bytes) or len(self.secret) < MIN_SECRET_BYTES
+        ):
+            raise ConfigurationError(
+                f"invalid secret: give at least {MIN_SECRET_BYTES} bytes of random data, "
+                "the same on every node, for example secrets.token_hex(32)"
+            )
         if self.rescue_after <= 2 * self.heartbeat_interval:
             raise ConfigurationError(
                 f"rescue_after ({self.rescue_after} s) must exceed twice heartbeat_interval "

@@ -17,10 +17,13 @@ class RelayPlugin:
         max_result_bytes: limit on a result's compressed encoding, in bytes.
         inline_results: send results inside notifications; when false, callers
             read each result from the job's row, which table privileges protect.
+        tracebacks: include the remote traceback in a `JobError`; when false,
+            callers get the type and message only (the row's errors keep it).
     """
 
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     inline_results: bool = True
+    tracebacks: bool = True
 
     def __post_init__(self) -> None:
         limit = self.max_result_bytes
@@ -28,7 +31,8 @@ class RelayPlugin:
             raise ConfigurationError(
                 f"invalid max_result_bytes {limit!r}: give a positive number of bytes"
             )
-        if not isinstance(self.inline_results, bool):
-            raise ConfigurationError(
-                f"invalid inline_results {self.inline_results!r}: give True or False"
-            )
+        for name in ("inline_results", "tracebacks"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(
+                    f"invalid {name} {getattr(self, name)!r}: give True or False"
+                )

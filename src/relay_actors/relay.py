@@ -46,9 +46,15 @@ class Relay(Generic[T]):
     xid: str | None = None
 
     @staticmethod
-    def plugin(*, max_result_bytes: int = 8192, inline_results: bool = True) -> RelayPlugin:
-        """Return Relay plugin options for `start(plugins=[...])`."""
-        return RelayPlugin(max_result_bytes=max_result_bytes, inline_results=inline_results)
+    def plugin(
+        *, max_result_bytes: int = 8192, inline_results: bool = True, tracebacks: bool = True
+    ) -> RelayPlugin:
+        """Return Relay plugin options for `start(plugins=[...])`; see `RelayPlugin`."""
+        return RelayPlugin(
+            max_result_bytes=max_result_bytes,
+            inline_results=inline_results,
+            tracebacks=tracebacks,
+        )
 
     @staticmethod
     def async_(
@@ -162,6 +168,7 @@ def _insert(
                 "mailbox": mailbox.actor_urn,
                 "max_bytes": plugin.max_result_bytes,
                 "inline": plugin.inline_results,
+                "tracebacks": plugin.tracebacks,
             },
         }
         for job, ref in zip(jobs, refs, strict=True)

@@ -5,7 +5,9 @@ entries, one per result::
 
     1[["<mailbox urn>", "<ref>", <job id>, "<status>", <attempt>, <final>, "<base64>"], ...]
 
-`final` is 1 for an outcome that never changes, else 0.
+`final` is 1 for an outcome that never changes, else 0. When the nodes share
+a secret, each entry has an eighth field: the base64 of the first 16 bytes of
+the HMAC-SHA256, keyed by the secret, of the JSON text of the first seven.
 
 The base64 field holds the encoded value (status "ok") or encoded `JobError`
 (status "error"). It is null when the result is read from the row instead:
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,8 @@ ENVELOPE_VERSION = "1"
 SUPPORTED_ENVELOPE_VERSIONS = frozenset({ENVELOPE_VERSION})
 # PostgreSQL rejects NOTIFY payloads of 8000 bytes or more; keep a margin.
 MAX_PAYLOAD_BYTES = 7900
+# Bytes of the HMAC-SHA256 digest kept as an entry's signature (128 bits).
+SIGNATURE_BYTES = 16
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -76,40 +82,62 @@ class Entry:
     mailbox: str
     ref: str
     delivery: Delivery
+    signature: str | None = None
 
 
-def _entry_json(entry: Entry, inline: bool) -> str:
+def _fields(entry: Entry, inline: bool) -> list[Any]:
     delivery = entry.delivery
     encoded = None
     if inline and delivery.payload is not None:
         encoded = base64.b64encode(delivery.payload).decode("ascii")
-    return json.dumps(
-        [
-            entry.mailbox,
-            entry.ref,
-            delivery.job_id,
-            delivery.status,
-            delivery.attempt,
-            1 if delivery.final else 0,
-            encoded,
-        ],
-        separators=(",", ":"),
-    )
+    return [
+        entry.mailbox,
+        entry.ref,
+        delivery.job_id,
+        delivery.status,
+        delivery.attempt,
+        1 if delivery.final else 0,
+        encoded,
+    ]
 
 
-def pack_payloads(entries: list[tuple[Entry, bool]]) -> list[str]:
+def _dumps(fields: list[Any]) -> str:
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def _signature(fields: list[Any], secret: bytes) -> str:
+    digest = hmac.new(secret, _dumps(fields).encode(), hashlib.sha256).digest()
+    return base64.b64encode(digest[:SIGNATURE_BYTES]).decode("ascii")
+
+
+def _entry_json(entry: Entry, inline: bool, secret: bytes | None) -> str:
+    fields = _fields(entry, inline)
+    if secret is not None:
+        fields.append(_signature(fields, secret))
+    return _dumps(fields)
+
+
+def verify_entry(entry: Entry, secret: bytes) -> bool:
+    """Tell whether the entry carries a valid HMAC-SHA256 signature made with `secret`."""
+    if entry.signature is None:
+        return False
+    expected = _signature(_fields(entry, inline=entry.delivery.payload is not None), secret)
+    return hmac.compare_digest(expected, entry.signature)
+
+
+def pack_payloads(entries: list[tuple[Entry, bool]], secret: bytes | None = None) -> list[str]:
     """Pack (entry, inline) pairs into as few NOTIFY payloads as fit the size limit.
 
     An entry too large to travel inline even alone is sent without its payload,
-    so its caller reads the row.
+    so its caller reads the row. With `secret`, each entry is signed.
     """
     payloads: list[str] = []
     parts: list[str] = []
     size = len(ENVELOPE_VERSION) + 2
     for entry, inline in entries:
-        part = _entry_json(entry, inline)
+        part = _entry_json(entry, inline, secret)
         if len(part) + len(ENVELOPE_VERSION) + 2 > MAX_PAYLOAD_BYTES:
-            part = _entry_json(entry, inline=False)
+            part = _entry_json(entry, False, secret)
         if parts and size + len(part) + 1 > MAX_PAYLOAD_BYTES:
             payloads.append(ENVELOPE_VERSION + "[" + ",".join(parts) + "]")
             parts = []
@@ -135,9 +163,12 @@ def parse_payload(payload: str) -> list[Entry]:
 
 
 def _parse_entry(item: Any) -> Entry:
-    if not isinstance(item, list) or len(item) != 7:
-        raise EnvelopeError("entry must be an array of 7 fields")
-    mailbox, ref, job_id, status, attempt, final, encoded = item
+    if not isinstance(item, list) or len(item) not in (7, 8):
+        raise EnvelopeError("entry must be an array of 7 fields, or 8 when signed")
+    mailbox, ref, job_id, status, attempt, final, encoded = item[:7]
+    signature = item[7] if len(item) == 8 else None
+    if signature is not None and not isinstance(signature, str):
+        raise EnvelopeError("entry signature must be base64 text")
     if not isinstance(mailbox, str) or not isinstance(ref, str):
         raise EnvelopeError("entry mailbox and ref must be strings")
     for name, number in (("job id", job_id), ("attempt", attempt), ("final", final)):
@@ -155,7 +186,7 @@ def _parse_entry(item: Any) -> Entry:
             raise EnvelopeError(f"entry payload is not valid base64: {error}") from None
     in_row = payload is None and status in (STATUS_OK, STATUS_ERROR)
     delivery = Delivery(job_id, status, attempt, bool(final), payload, in_row)
-    return Entry(mailbox, ref, delivery)
+    return Entry(mailbox, ref, delivery, signature)
 
 
 def delivery_from_row(

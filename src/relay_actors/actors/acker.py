@@ -36,8 +36,17 @@ class AckerActor(pykka.ThreadingActor):
 
     use_daemon_thread = True
 
-    def __init__(self, *, dsn: str, prefix: str, node_id: str, insert_channel: str) -> None:
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        prefix: str,
+        node_id: str,
+        insert_channel: str,
+        secret: bytes | None = None,
+    ) -> None:
         super().__init__()
+        self._secret = secret
         self._dsn = dsn
         self._insert_channel = insert_channel
         self._node_id = node_id
@@ -175,7 +184,7 @@ class AckerActor(pykka.ThreadingActor):
             rows = self._conn.execute(self._statements.record, params).fetchall()
             changed = {row[0] for row in rows}
             recorded = [outcome for outcome in batch if outcome.job_id in changed]
-            channels, payloads = _notifications(recorded)
+            channels, payloads = _notifications(recorded, self._secret)
             # Jobs made available again (a lost attempt) wake every node of their queue.
             for queue in sorted({o.queue for o in recorded if o.state == "available"}):
                 channels.append(self._insert_channel)
@@ -195,7 +204,9 @@ class AckerActor(pykka.ThreadingActor):
             )
 
 
-def _notifications(outcomes: list[AttemptOutcome]) -> tuple[list[str], list[str]]:
+def _notifications(
+    outcomes: list[AttemptOutcome], secret: bytes | None
+) -> tuple[list[str], list[str]]:
     """Group relay results by caller channel and pack each group into payloads."""
     by_channel: dict[str, list[tuple[Entry, bool]]] = defaultdict(list)
     for outcome in outcomes:
@@ -213,7 +224,7 @@ def _notifications(outcomes: list[AttemptOutcome]) -> tuple[list[str], list[str]
     channels: list[str] = []
     payloads: list[str] = []
     for channel, entries in by_channel.items():
-        for payload in pack_payloads(entries):
+        for payload in pack_payloads(entries, secret):
             channels.append(channel)
             payloads.append(payload)
     return channels, payloads

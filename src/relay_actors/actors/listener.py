@@ -15,7 +15,7 @@ from relay_actors.actors.directory import MailboxDirectory
 from relay_actors.actors.messages import CancelRunning, Deliver, Poll, Recheck, Wake
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.store.connect import connect
-from relay_actors.wire import Entry, EnvelopeError, parse_payload
+from relay_actors.wire import Entry, EnvelopeError, parse_payload, verify_entry
 
 logger = logging.getLogger("relay_actors.listener")
 
@@ -78,8 +78,11 @@ class ListenerActor(pykka.ThreadingActor):
         directory: MailboxDirectory,
         producers: dict[str, pykka.ActorRef[Any]],
         poller: ActorSlot,
+        secret: bytes | None = None,
     ) -> None:
         super().__init__()
+        self._secret = secret
+        self._forged = _RateLimitedWarning("forged_notification")
         self._dsn = dsn
         self._node_id = node_id
         self._insert_channel = insert_channel
@@ -220,6 +223,13 @@ class ListenerActor(pykka.ThreadingActor):
             return
         targets: dict[str, tuple[pykka.ActorRef[Any], list[Entry]]] = {}
         for entry in entries:
+            if self._secret is not None and not verify_entry(entry, self._secret):
+                self.dropped += 1
+                self._forged.warn(
+                    "listener dropped a relay result for job %s without a valid signature",
+                    entry.delivery.job_id,
+                )
+                continue
             mailbox = self._directory.route(entry.mailbox, entry.ref)
             if mailbox is None:
                 # The caller's thread ended; an await from another thread reads the row.

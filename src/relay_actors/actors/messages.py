@@ -72,6 +72,7 @@ class RelayTarget:
     mailbox: str
     ref: str
     inline: bool
+    tracebacks: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -36,7 +37,13 @@ def relay_target(job_id: int | None, meta: dict[str, Any], prefix: str) -> Relay
             extra={"action": "bad_relay_meta", "job_id": job_id},
         )
         return None
-    return RelayTarget(relay_channel(prefix, node), mailbox, ref, relay.get("inline") is not False)
+    return RelayTarget(
+        relay_channel(prefix, node),
+        mailbox,
+        ref,
+        inline=relay.get("inline") is not False,
+        tracebacks=relay.get("tracebacks") is not False,
+    )
 
 
 def _max_result_bytes(job: Job) -> int:
@@ -88,11 +95,20 @@ def failed_attempt(
         state="discarded" if final else retry_state,
         status=STATUS_ERROR,
         queue=queue,
-        result=codec.encode(job_error.to_wire()) if relay else None,
+        result=_encoded_error(job_error, relay),
         delay=0.0 if final else delay,
         error=entry,
         relay=relay,
     )
+
+
+def _encoded_error(job_error: JobError, relay: RelayTarget | None) -> bytes | None:
+    """Return the JobError as the caller receives it, without its traceback if asked."""
+    if relay is None:
+        return None
+    if not relay.tracebacks:
+        job_error = dataclasses.replace(job_error, traceback="")
+    return codec.encode(job_error.to_wire())
 
 
 def from_exception(job: Job, error: BaseException, prefix: str, node_id: str) -> AttemptOutcome:
