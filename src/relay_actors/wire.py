@@ -167,7 +167,7 @@ def _parse_entry(item: Any) -> Entry:
         raise EnvelopeError("entry must be an array of 7 fields, or 8 when signed")
     mailbox, ref, job_id, status, attempt, final, encoded = item[:7]
     signature = item[7] if len(item) == 8 else None
-    if signature is not None and not isinstance(signature, str):
+    if len(item) == 8 and not isinstance(signature, str):
         raise EnvelopeError("entry signature must be base64 text")
     if not isinstance(mailbox, str) or not isinstance(ref, str):
         raise EnvelopeError("entry mailbox and ref must be strings")
