@@ -94,6 +94,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="seconds without a heartbeat after which a node's jobs are rescued (default 60)",
     )
     worker.add_argument(
+        "--relaxed-claims",
+        action="store_true",
+        help="commit claims without waiting for the WAL flush (a job may run twice "
+        "after a PostgreSQL crash)",
+    )
+    worker.add_argument(
         "--grace",
         type=float,
         default=DEFAULT_SHUTDOWN_GRACE,
@@ -155,6 +161,7 @@ def run_worker(args: argparse.Namespace) -> int:
             heartbeat_interval=args.heartbeat_interval,
             secret=os.environ.get(SECRET_VARIABLE) or None,
             rescue_after=args.rescue_after,
+            relaxed_claims=args.relaxed_claims,
             shutdown_grace=args.grace,
         )
     except ConfigurationError as error:

@@ -194,6 +194,7 @@ class Instance:
                 executors=size,
                 acker=acker,
                 poll_interval=self.options.poll_interval,
+                relaxed_claims=self.options.relaxed_claims,
                 **common,
             )
 

@@ -55,6 +55,7 @@ def start(
     prune_after: float = 86_400.0,
     prune_interval: float = 60.0,
     secret: str | bytes | None = None,
+    relaxed_claims: bool = False,
 ) -> Instance:
     """Start a node: migrate the schema, then start its actors.
 
@@ -93,6 +94,7 @@ def start(
         prune_after=prune_after,
         prune_interval=prune_interval,
         secret=secret.encode() if isinstance(secret, str) else secret,
+        relaxed_claims=relaxed_claims,
     )
     validate_prefix(prefix)
     resolved = resolve_dsn(dsn)

@@ -34,6 +34,10 @@ class Options:
         prune_after: age of finished jobs that the pruner deletes.
         prune_interval: how often the pruner runs.
         secret: key that signs relay notifications; the same on every node.
+        relaxed_claims: commit claims without waiting for the WAL flush
+            (synchronous_commit = off). A claim lost in a PostgreSQL crash
+            makes its job claimable again, so an attempt that was running
+            may run a second time; recorded outcomes stay durable.
     """
 
     queues: Mapping[str, int]
@@ -49,6 +53,7 @@ class Options:
     prune_after: float = 86_400.0
     prune_interval: float = 60.0
     secret: bytes | None = None
+    relaxed_claims: bool = False
 
     def __post_init__(self) -> None:
         _check_queues(self.queues)
@@ -73,6 +78,10 @@ class Options:
             raise ConfigurationError(
                 f"invalid secret: give at least {MIN_SECRET_BYTES} bytes of random data, "
                 "the same on every node, for example secrets.token_hex(32)"
+            )
+        if not isinstance(self.relaxed_claims, bool):
+            raise ConfigurationError(
+                f"invalid relaxed_claims {self.relaxed_claims!r}: give True or False"
             )
         if self.rescue_after <= 2 * self.heartbeat_interval:
             raise ConfigurationError(

@@ -131,22 +131,31 @@ def pack_payloads(entries: list[tuple[Entry, bool]], secret: bytes | None = None
     An entry too large to travel inline even alone is sent without its payload,
     so its caller reads the row. With `secret`, each entry is signed.
     """
-    payloads: list[str] = []
+    return [payload for payload, _ in pack_payloads_with_ids(entries, secret)]
+
+
+def pack_payloads_with_ids(
+    entries: list[tuple[Entry, bool]], secret: bytes | None = None
+) -> list[tuple[str, list[int]]]:
+    """Pack entries as `pack_payloads` does; return each payload with its entries' job ids."""
+    packed: list[tuple[str, list[int]]] = []
     parts: list[str] = []
+    ids: list[int] = []
     size = len(ENVELOPE_VERSION) + 2
     for entry, inline in entries:
         part = _entry_json(entry, inline, secret)
         if len(part) + len(ENVELOPE_VERSION) + 2 > MAX_PAYLOAD_BYTES:
             part = _entry_json(entry, False, secret)
         if parts and size + len(part) + 1 > MAX_PAYLOAD_BYTES:
-            payloads.append(ENVELOPE_VERSION + "[" + ",".join(parts) + "]")
-            parts = []
+            packed.append((ENVELOPE_VERSION + "[" + ",".join(parts) + "]", ids))
+            parts, ids = [], []
             size = len(ENVELOPE_VERSION) + 2
         parts.append(part)
+        ids.append(entry.delivery.job_id)
         size += len(part) + 1
     if parts:
-        payloads.append(ENVELOPE_VERSION + "[" + ",".join(parts) + "]")
-    return payloads
+        packed.append((ENVELOPE_VERSION + "[" + ",".join(parts) + "]", ids))
+    return packed
 
 
 def parse_payload(payload: str) -> list[Entry]:

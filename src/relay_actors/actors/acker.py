@@ -16,7 +16,7 @@ from relay_actors.actors.outcomes import failed_attempt
 from relay_actors.failures import RecordFailed
 from relay_actors.store.connect import connect
 from relay_actors.store.statements import statements_for
-from relay_actors.wire import FINAL_STATES, Delivery, Entry, pack_payloads
+from relay_actors.wire import FINAL_STATES, Delivery, Entry, pack_payloads_with_ids
 
 logger = logging.getLogger("relay_actors.acker")
 
@@ -167,6 +167,7 @@ class AckerActor(pykka.ThreadingActor):
     def _write(self, batch: list[AttemptOutcome]) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn, "acker", self._node_id)
+        notifications = self._notifications(batch)
         params = {
             "id": [outcome.job_id for outcome in batch],
             "attempt": [outcome.attempt for outcome in batch],
@@ -179,52 +180,61 @@ class AckerActor(pykka.ThreadingActor):
             "meta_patch": [
                 Jsonb(outcome.meta_patch) if outcome.meta_patch else None for outcome in batch
             ],
+            "channel": [channel for channel, _, _ in notifications],
+            "payload": [payload for _, payload, _ in notifications],
+            "ids": [",".join(map(str, ids)) for _, _, ids in notifications],
         }
-        with self._conn.transaction():
-            rows = self._conn.execute(self._statements.record, params).fetchall()
-            changed = {row[0] for row in rows}
-            recorded = [outcome for outcome in batch if outcome.job_id in changed]
-            channels, payloads = _notifications(recorded, self._secret)
-            # Jobs made available again (a lost attempt) wake every node of their queue.
-            for queue in sorted({o.queue for o in recorded if o.state == "available"}):
-                channels.append(self._insert_channel)
-                payloads.append(queue)
-            if channels:
-                self._conn.execute(
-                    self._statements.notify_many, {"channel": channels, "payload": payloads}
-                )
-        skipped = len(batch) - len(changed)
-        if skipped:
-            logger.info(
-                "%d of %d outcomes were not recorded because their attempts had ended already "
-                "(the jobs were cancelled, rescued or released)",
-                skipped,
-                len(batch),
-                extra={"action": "record_skipped"},
+        rows = self._conn.execute(self._statements.record, params).fetchall()
+        changed = {row[0] for row in rows}
+        if len(changed) == len(batch):
+            return
+        # Some attempts had ended already, so the notifications that carried
+        # them were held back: send the others' results now, after the commit.
+        recorded = [outcome for outcome in batch if outcome.job_id in changed]
+        resend = self._notifications(recorded)
+        if resend:
+            self._conn.execute(
+                self._statements.notify_many,
+                {
+                    "channel": [channel for channel, _, _ in resend],
+                    "payload": [payload for _, payload, _ in resend],
+                },
             )
-
-
-def _notifications(
-    outcomes: list[AttemptOutcome], secret: bytes | None
-) -> tuple[list[str], list[str]]:
-    """Group relay results by caller channel and pack each group into payloads."""
-    by_channel: dict[str, list[tuple[Entry, bool]]] = defaultdict(list)
-    for outcome in outcomes:
-        relay = outcome.relay
-        if relay is None:
-            continue
-        delivery = Delivery(
-            outcome.job_id,
-            outcome.status,
-            outcome.attempt,
-            outcome.state in FINAL_STATES,
-            outcome.result,
+        logger.info(
+            "%d of %d outcomes were not recorded because their attempts had ended already "
+            "(the jobs were cancelled, rescued or released)",
+            len(batch) - len(changed),
+            len(batch),
+            extra={"action": "record_skipped"},
         )
-        by_channel[relay.channel].append((Entry(relay.mailbox, relay.ref, delivery), relay.inline))
-    channels: list[str] = []
-    payloads: list[str] = []
-    for channel, entries in by_channel.items():
-        for payload in pack_payloads(entries, secret):
-            channels.append(channel)
-            payloads.append(payload)
-    return channels, payloads
+
+    def _notifications(self, outcomes: list[AttemptOutcome]) -> list[tuple[str, str, list[int]]]:
+        """Return (channel, payload, job ids) of each notification the outcomes need.
+
+        Relay results are grouped by caller channel into as few payloads as fit;
+        jobs made available again (a lost attempt) wake every node of their queue.
+        """
+        by_channel: dict[str, list[tuple[Entry, bool]]] = defaultdict(list)
+        wakes: dict[str, list[int]] = defaultdict(list)
+        for outcome in outcomes:
+            if outcome.state == "available":
+                wakes[outcome.queue].append(outcome.job_id)
+            relay = outcome.relay
+            if relay is None:
+                continue
+            delivery = Delivery(
+                outcome.job_id,
+                outcome.status,
+                outcome.attempt,
+                outcome.state in FINAL_STATES,
+                outcome.result,
+            )
+            entry = Entry(relay.mailbox, relay.ref, delivery)
+            by_channel[relay.channel].append((entry, relay.inline))
+        notifications: list[tuple[str, str, list[int]]] = []
+        for channel, entries in by_channel.items():
+            for payload, ids in pack_payloads_with_ids(entries, self._secret):
+                notifications.append((channel, payload, ids))
+        for queue, ids in wakes.items():
+            notifications.append((self._insert_channel, queue, ids))
+        return notifications

@@ -54,8 +54,10 @@ class ProducerActor(pykka.ThreadingActor):
         node_id: str,
         acker: ActorSlot,
         poll_interval: float,
+        relaxed_claims: bool = False,
     ) -> None:
         super().__init__()
+        self._relaxed_claims = relaxed_claims
         self._dsn = dsn
         self._prefix = prefix
         self._queue = queue
@@ -179,6 +181,8 @@ class ProducerActor(pykka.ThreadingActor):
     def _fetch(self, limit: int) -> list[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn, f"producer {self._queue}", self._node_id)
+            if self._relaxed_claims:
+                self._conn.execute("SET synchronous_commit = off")
         params = {"node": self._node_id, "queue": self._queue, "limit": limit}
         return self._conn.execute(self._statements.claim, params).fetchall()
 

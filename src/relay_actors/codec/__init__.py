@@ -111,9 +111,12 @@ def _decompress(frame: bytes, max_decoded_bytes: int) -> bytes:
     decompressor = _decompressor().decompressobj()
     output = bytearray()
     start = 0
+    # A frame that declares its size in bounds decompresses in one call:
+    # zstandard rejects a frame whose content exceeds its declared size.
+    feed = len(frame) if declared >= 0 else _FEED_BYTES
     try:
-        for start in range(0, len(frame), _FEED_BYTES):
-            output += decompressor.decompress(frame[start : start + _FEED_BYTES])
+        for start in range(0, len(frame), feed):
+            output += decompressor.decompress(frame[start : start + feed])
             if len(output) > max_decoded_bytes:
                 raise DecodeError(
                     f"decompressed size exceeds the limit of {max_decoded_bytes} bytes"
@@ -124,6 +127,6 @@ def _decompress(frame: bytes, max_decoded_bytes: int) -> bytes:
         raise DecodeError(f"malformed zstandard frame: {error}") from None
     if not decompressor.eof:
         raise DecodeError("truncated zstandard frame")
-    if decompressor.unused_data or start + _FEED_BYTES < len(frame):
+    if decompressor.unused_data or start + feed < len(frame):
         raise DecodeError("trailing bytes after the zstandard frame")
     return bytes(output)

@@ -63,28 +63,42 @@ RETURNING j.id, j.queue, j.worker, j.args, j.meta, j.tags, j.attempt, j.max_atte
           j.priority, j.inserted_at, j.scheduled_at, j.attempted_at, j.attempted_by
 """
 
-# Records the outcomes of finished attempts. Only rows still executing are
-# changed, so an outcome never overwrites a job that moved on meanwhile.
+# Records the outcomes of finished attempts and sends their notifications, in
+# one statement and so one transaction. Only rows still executing the same
+# attempt change, so an outcome never overwrites a job that moved on (it was
+# cancelled, rescued or released). A notification goes out only if every job
+# it carries (listed in n.ids) was changed; the acker resends the others.
 _RECORD = """
-UPDATE {jobs} AS j
-SET state = u.state,
-    outcome = u.outcome,
-    result = u.result,
-    completed_at = CASE WHEN u.state = 'completed' THEN now() ELSE j.completed_at END,
-    discarded_at = CASE WHEN u.state = 'discarded' THEN now() ELSE j.discarded_at END,
-    cancelled_at = CASE WHEN u.state = 'cancelled' THEN now() ELSE j.cancelled_at END,
-    scheduled_at = CASE WHEN u.state IN ('scheduled', 'retryable')
-                        THEN now() + make_interval(secs => u.delay) ELSE j.scheduled_at END,
-    max_attempts = j.max_attempts + u.extra_attempts,
-    errors = CASE WHEN u.error IS NULL THEN j.errors
-                  ELSE j.errors || jsonb_build_array(u.error) END,
-    meta = CASE WHEN u.meta_patch IS NULL THEN j.meta ELSE j.meta || u.meta_patch END
-FROM unnest(%(id)s::bigint[], %(attempt)s::smallint[], %(state)s::text[], %(outcome)s::text[],
-            %(result)s::bytea[], %(delay)s::float8[], %(extra_attempts)s::smallint[],
-            %(error)s::jsonb[], %(meta_patch)s::jsonb[])
-     AS u(id, attempt, state, outcome, result, delay, extra_attempts, error, meta_patch)
-WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt
-RETURNING j.id
+WITH updated AS (
+    UPDATE {jobs} AS j
+    SET state = u.state,
+        outcome = u.outcome,
+        result = u.result,
+        completed_at = CASE WHEN u.state = 'completed' THEN now() ELSE j.completed_at END,
+        discarded_at = CASE WHEN u.state = 'discarded' THEN now() ELSE j.discarded_at END,
+        cancelled_at = CASE WHEN u.state = 'cancelled' THEN now() ELSE j.cancelled_at END,
+        scheduled_at = CASE WHEN u.state IN ('scheduled', 'retryable')
+                            THEN now() + make_interval(secs => u.delay) ELSE j.scheduled_at END,
+        max_attempts = j.max_attempts + u.extra_attempts,
+        errors = CASE WHEN u.error IS NULL THEN j.errors
+                      ELSE j.errors || jsonb_build_array(u.error) END,
+        meta = CASE WHEN u.meta_patch IS NULL THEN j.meta ELSE j.meta || u.meta_patch END
+    FROM unnest(%(id)s::bigint[], %(attempt)s::smallint[], %(state)s::text[],
+                %(outcome)s::text[], %(result)s::bytea[], %(delay)s::float8[],
+                %(extra_attempts)s::smallint[], %(error)s::jsonb[], %(meta_patch)s::jsonb[])
+         AS u(id, attempt, state, outcome, result, delay, extra_attempts, error, meta_patch)
+    WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt
+    RETURNING j.id
+),
+notified AS (
+    SELECT pg_notify(n.channel, n.payload)
+    FROM unnest(%(channel)s::text[], %(payload)s::text[], %(ids)s::text[])
+         AS n(channel, payload, ids)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM unnest(string_to_array(n.ids, ',')::bigint[]) AS wanted(id)
+        WHERE wanted.id NOT IN (SELECT id FROM updated))
+)
+SELECT id, (SELECT count(*) FROM notified) FROM updated
 """
 
 # Makes due scheduled and retryable jobs available, and wakes their queues.
