@@ -366,8 +366,8 @@ class Instance:
     def cancel_job(self, job_id: int, reason: str = "") -> bool:
         """Cancel a job that has not finished; return False if it had finished or is unknown.
 
-        A waiting caller gets `Error("cancelled")` at once. A running attempt is
-        told through its worker's `cancellation` flag, and its outcome is then
+        A waiting caller gets `Error("cancelled")` at once. A running attempt gets
+        its worker's `cancellation` flag set, and its outcome is then
         dropped, since the job is already cancelled.
         """
         self.check_usable(relay=False)

@@ -44,7 +44,7 @@ class Supervisor:
         slot: ActorSlot | None = None,
         on_start: Callable[[pykka.ActorRef[Any]], None] | None = None,
     ) -> ActorSlot:
-        """Start an actor for role `name`; return the slot that always holds its current ref."""
+        """Start an actor for role `name`; return the slot that always contains its current ref."""
         child = _Child(name, factory, slot or ActorSlot(), on_start)
         self._children[name] = child
         self._start(child)

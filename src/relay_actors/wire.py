@@ -9,7 +9,7 @@ entries, one per result::
 a secret, each entry has an eighth field: the base64 of the first 16 bytes of
 the HMAC-SHA256, keyed by the secret, of the JSON text of the first seven.
 
-The base64 field holds the encoded value (status "ok") or encoded `JobError`
+The base64 field contains the encoded value (status "ok") or encoded `JobError`
 (status "error"). It is null when the result is read from the row instead:
 when it does not fit the payload, or when inline results are off.
 """

@@ -1,6 +1,6 @@
 """`Worker` base class and the registry that maps worker names to classes.
 
-A node finds a job's worker only in this registry, which holds the classes its
+A node finds a job's worker only in this registry, which contains the classes its
 process has imported. A row never makes the node import anything.
 """
 

@@ -109,8 +109,8 @@ def _perform(job: Job, cancellation: threading.Event, node_id: str) -> Any:
     runner.start()
     runner.join(timeout)
     if runner.is_alive():
-        # The thread cannot be killed: it is left running, told through the
-        # cancellation flag, and whatever it returns later is dropped.
+        # The thread cannot be killed: it is left running with its cancellation
+        # flag set, and whatever it returns later is dropped.
         cancellation.set()
         logger.warning(
             "job %s attempt %s exceeded its timeout of %.3f s; its thread is left running",

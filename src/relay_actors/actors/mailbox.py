@@ -27,7 +27,7 @@ DEFAULT_MAX_OUTCOMES = 10_000
 
 
 class RelayRefActor(pykka.ThreadingActor):
-    """Holds the results of one caller thread's relays and answers its awaits.
+    """Keeps the results of one caller thread's relays and replies to its awaits.
 
     Results that arrive before anyone awaits them are kept, up to
     `max_outcomes` (oldest dropped first); an await of a dropped result reads

@@ -66,7 +66,7 @@ class Drain:
 
 @dataclass(frozen=True, slots=True)
 class RelayTarget:
-    """Where the result of a relay job goes: the caller's channel, mailbox and ref."""
+    """Destination of a relay job's result: the caller's channel, mailbox and ref."""
 
     channel: str
     mailbox: str

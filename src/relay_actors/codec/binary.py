@@ -63,7 +63,7 @@ _MAX_DECIMAL_TEXT = 4096
 
 
 class EncodeError(TypeError):
-    """The value holds a type, or a nesting depth, that the codec does not encode."""
+    """The value contains a type, or a nesting depth, that the codec does not encode."""
 
 
 class DecodeError(ValueError):

@@ -152,8 +152,8 @@ DELETE FROM {jobs} WHERE id IN (
     LIMIT %(limit)s)
 """
 
-# Cancels a job that has not finished. The old state tells whether a node is
-# running it and must be told.
+# Cancels a job that has not finished. The old state shows whether a node is
+# running it and must be notified.
 _CANCEL = """
 UPDATE {jobs} AS j
 SET state = 'cancelled', cancelled_at = now(), result = NULL,
