@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,7 +213,14 @@ def start_node(
     """
     nodes: list[NodeProcess] = []
 
-    def start(queues: Mapping[str, int], *, node: str | None = None) -> NodeProcess:
+    def start(
+        queues: Mapping[str, int],
+        *,
+        node: str | None = None,
+        dsn: str | None = None,
+        options: Sequence[str] = (),
+    ) -> NodeProcess:
+        """Start a node on `dsn` (default: the test database) with extra worker flags `options`."""
         node = node or f"node-{secrets.token_hex(3)}"
         command = [
             sys.executable,
@@ -221,7 +228,7 @@ def start_node(
             "relay_actors",
             "worker",
             "--dsn",
-            database_dsn,
+            dsn or database_dsn,
             "--prefix",
             prefix,
             "--module",
@@ -231,6 +238,7 @@ def start_node(
         ]
         for queue_name, executors in queues.items():
             command += ["--queue", f"{queue_name}={executors}"]
+        command += list(options)
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(
             [str(REPO_ROOT), *filter(None, [environment.get("PYTHONPATH")])]

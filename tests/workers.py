@@ -7,15 +7,18 @@ them under the same names.
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 import threading
+import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from relay_actors import Cancel, Discard, Job, Snooze, Worker
+from relay_actors import Cancel, Discard, Error, Job, Relay, Snooze, Worker, codec
 from tests.values import Color, Point, Unregistered
 
 QUICK_QUEUE = "quick"
@@ -153,3 +156,148 @@ def rich_value(kind: str) -> Any:
         "unregistered": Unregistered(7),
     }
     return values[kind]
+
+
+# Workers of the fault and lifecycle tests.
+
+FAULT_QUEUE = "fault"
+SINGLE_QUEUE = "single"
+
+
+class BlocksFirstAttempt(Worker[str], queue=FAULT_QUEUE, max_attempts=3):
+    """Block the first attempt for `args["block_seconds"]`, and return at once on later ones.
+
+    The result is "attempt N", so a test can check which attempt produced it.
+    """
+
+    def perform(self, job: Job) -> str:
+        if job.attempt == 1:
+            self.cancellation.wait(float(job.args["block_seconds"]))
+        return f"attempt {job.attempt}"
+
+
+class FailsOnce(Worker[str], queue=QUICK_QUEUE, max_attempts=3):
+    """Raise RuntimeError on the first attempt, then return "succeeded on attempt N".
+
+    The retry is due 0.1 s after the failure.
+    """
+
+    def perform(self, job: Job) -> str:
+        if job.attempt == 1:
+            raise RuntimeError("first attempt fails")
+        return f"succeeded on attempt {job.attempt}"
+
+    def backoff(self, job: Job) -> float:
+        return 0.1
+
+
+class AwaitsInner(Worker[dict[str, Any]], queue=SINGLE_QUEUE):
+    """Insert an Echo job on this job's queue and await it for `args["inner_timeout"]` seconds.
+
+    Returns the inner job's id, the inner result ("ok" or the reason) and the
+    seconds the inner await took. The relay goes through the instance named
+    `args["instance"]`, by default "default" (the one of a worker node process).
+    """
+
+    def perform(self, job: Job) -> dict[str, Any]:
+        instance = job.args.get("instance", "default")
+        inner = Relay.async_(instance, Echo.new({"value": "inner"}, queue=job.queue))
+        started = time.monotonic()
+        result = Relay.await_(inner, timeout=float(job.args["inner_timeout"]))
+        waited = time.monotonic() - started
+        outcome = str(result.reason) if isinstance(result, Error) else "ok"
+        return {"inner_job_id": inner.job.id, "inner": outcome, "waited": waited}
+
+
+class SnoozesOnce(Worker[int], queue=QUICK_QUEUE):
+    """Snooze the first run for `args["seconds"]`, then return the job's snooze count."""
+
+    def perform(self, job: Job) -> int | Snooze:
+        snoozed = int(job.meta.get("snoozed", 0))
+        if snoozed == 0:
+            return Snooze(float(job.args["seconds"]))
+        return snoozed
+
+
+class Overruns(Worker[str], queue=QUICK_QUEUE, max_attempts=1, timeout=0.3):
+    """Block for `args["seconds"]`, ignoring cancellation, past the 0.3 s timeout."""
+
+    def perform(self, job: Job) -> str:
+        threading.Event().wait(float(job.args["seconds"]))
+        return "finished"
+
+
+class WaitsForCancel(Worker[str], queue=SLOW_QUEUE, max_attempts=1):
+    """Wait up to `args["seconds"]` for cancellation, then create `args["marker"]` if cancelled.
+
+    The marker file shows the test that the running job saw `cancelled()` turn true.
+    """
+
+    def perform(self, job: Job) -> str:
+        self.cancellation.wait(float(job.args["seconds"]))
+        if self.cancelled():
+            Path(job.args["marker"]).write_text(f"job {job.id} saw its cancellation\n")
+            return "cancelled"
+        return "not cancelled"
+
+
+class WaitsForFile(Worker[str], queue=SLOW_QUEUE):
+    """Block until the file `args["path"]` exists, for at most `args["seconds"]`."""
+
+    def perform(self, job: Job) -> str:
+        path = Path(job.args["path"])
+        deadline = time.monotonic() + float(job.args["seconds"])
+        pause = threading.Event()
+        while not path.exists() and time.monotonic() < deadline:
+            pause.wait(0.01)
+        return "released" if path.exists() else "gave up"
+
+
+# Seeded random bytes of this size encode to more than the default limit of
+# 8,192 bytes, so a Scripted job of kind "too_large" gets result_too_large.
+TOO_LARGE_BYTES = 9_000
+SCRIPTED_KINDS = ("value", "raise", "snooze", "discard", "cancel", "too_large")
+
+
+class Scripted(Worker[Any], queue=QUICK_QUEUE, max_attempts=1):
+    """Wait `args["ms"]` milliseconds, then end the attempt as `args["kind"]` names.
+
+    Kinds: "value" returns `args["value"]`, "raise" raises ValueError with
+    `str(args["value"])`, "snooze" snoozes for an hour, "discard" and "cancel"
+    return those markers, and "too_large" returns TOO_LARGE_BYTES seeded random
+    bytes. The job has one attempt, so a raised error is final.
+    """
+
+    def perform(self, job: Job) -> Any:
+        threading.Event().wait(int(job.args.get("ms", 0)) / 1000)
+        kind = job.args["kind"]
+        if kind == "value":
+            return job.args["value"]
+        if kind == "raise":
+            raise ValueError(str(job.args["value"]))
+        if kind == "snooze":
+            return Snooze(3600)
+        if kind == "discard":
+            return Discard("discarded by the test")
+        if kind == "cancel":
+            return Cancel("cancelled by the test")
+        if kind == "too_large":
+            return blob(TOO_LARGE_BYTES, seed=0)
+        raise KeyError(f"unknown kind {kind!r}; use one of {SCRIPTED_KINDS}")
+
+
+class Decoded(Worker[Any], queue=QUICK_QUEUE):
+    """Return the value whose codec encoding `args["encoded"]` carries as base64.
+
+    Args are JSON, so this is how a test makes a job return any codec value.
+    """
+
+    def perform(self, job: Job) -> Any:
+        return codec.decode(base64.b64decode(job.args["encoded"]))
+
+
+class DiscardsWithBytes(Worker[None], queue=QUICK_QUEUE):
+    """Discard the job with a bytes reason, which the row's JSON meta cannot hold."""
+
+    def perform(self, job: Job) -> Discard:
+        return Discard(reason=b"not text")  # type: ignore[arg-type]

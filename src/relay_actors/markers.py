@@ -19,11 +19,19 @@ class Snooze:
             raise ValueError(f"Snooze seconds must be finite and >= 0, got {self.seconds!r}")
 
 
+def _check_reason(marker: str, reason: object) -> None:
+    if not isinstance(reason, str):
+        raise TypeError(f"{marker} reason must be a str, got {type(reason).__name__}")
+
+
 @dataclass(frozen=True, slots=True)
 class Cancel:
     """Stop the job for good as cancelled; `reason` is recorded on the row."""
 
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_reason("Cancel", self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +39,6 @@ class Discard:
     """Stop the job for good as discarded; `reason` is recorded on the row."""
 
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_reason("Discard", self.reason)

@@ -183,7 +183,7 @@ def _parse_entry(item: Any) -> Entry:
     for name, number in (("job id", job_id), ("attempt", attempt), ("final", final)):
         if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             raise EnvelopeError(f"entry {name} must be an int >= 0")
-    if status not in STATUSES:
+    if not isinstance(status, str) or status not in STATUSES:
         raise EnvelopeError(f"unknown entry status {status!r:.40}")
     payload = None
     if encoded is not None:
@@ -191,7 +191,7 @@ def _parse_entry(item: Any) -> Entry:
             raise EnvelopeError("entry payload must be base64 text or null")
         try:
             payload = base64.b64decode(encoded, validate=True)
-        except binascii.Error as error:
+        except (binascii.Error, ValueError) as error:
             raise EnvelopeError(f"entry payload is not valid base64: {error}") from None
     in_row = payload is None and status in (STATUS_OK, STATUS_ERROR)
     delivery = Delivery(job_id, status, attempt, bool(final), payload, in_row)

@@ -123,11 +123,16 @@ class AckerActor(pykka.ThreadingActor):
                 )
                 self._close()
                 return
-            except psycopg.Error as error:
+            except Exception as error:  # noqa: BLE001 - one bad outcome must not block others
                 # Not a connection problem, so retrying the same batch would
                 # fail again: find the outcomes at fault one by one.
                 logger.error("recording a batch of outcomes failed: %s", error)
-                self._write_one_by_one(batch)
+                try:
+                    self._write_one_by_one(batch)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as lost:
+                    logger.warning("recording outcomes failed, retrying on the next tick: %s", lost)
+                    self._close()
+                    return
             del self._batch[: len(batch)]
             self.recorded += len(batch)
         for future in self._syncs:
@@ -140,7 +145,9 @@ class AckerActor(pykka.ThreadingActor):
             try:
                 self._write([outcome])
                 continue
-            except psycopg.Error as error:
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise
+            except Exception as error:  # noqa: BLE001 - replaced by a failed attempt below
                 fallback = failed_attempt(
                     job_id=outcome.job_id,
                     queue=outcome.queue,
@@ -155,7 +162,7 @@ class AckerActor(pykka.ThreadingActor):
                 )
             try:
                 self._write([fallback])
-            except psycopg.Error as error:
+            except Exception as error:  # noqa: BLE001 - logged, nothing else can be done
                 logger.error(
                     "outcome of job %s attempt %s is lost: %s",
                     outcome.job_id,

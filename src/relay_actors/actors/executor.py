@@ -10,8 +10,9 @@ from typing import Any
 import pykka
 
 from relay_actors.actors.messages import AttemptOutcome, Execute, ExecutorIdle, Record
-from relay_actors.actors.outcomes import from_exception, from_return
+from relay_actors.actors.outcomes import failed_attempt, from_exception, from_return
 from relay_actors.actors.slot import ActorSlot
+from relay_actors.backoff import default_backoff
 from relay_actors.failures import JobTimeout, UnknownWorker
 from relay_actors.job import Job
 from relay_actors.worker import lookup_worker
@@ -73,7 +74,7 @@ def run_attempt(
             type(error).__qualname__,
             extra={"action": "job_failed", "job_id": job.id, "queue": job.queue},
         )
-        return from_exception(job, error, prefix, node_id)
+        return _outcome_of_failure(job, error, prefix, node_id)
     logger.debug(
         "job %s attempt %s finished in %.1f ms",
         job.id,
@@ -81,7 +82,32 @@ def run_attempt(
         (time.monotonic() - started) * 1000,
         extra={"action": "job_finished", "job_id": job.id},
     )
-    return from_return(job, value, prefix, node_id)
+    try:
+        return from_return(job, value, prefix, node_id)
+    except Exception as error:  # noqa: BLE001 - e.g. a marker whose reason is not JSON
+        return _outcome_of_failure(job, error, prefix, node_id)
+
+
+def _outcome_of_failure(
+    job: Job, error: BaseException, prefix: str, node_id: str
+) -> AttemptOutcome:
+    """Return the outcome of a failed attempt, even if the error cannot be described."""
+    try:
+        return from_exception(job, error, prefix, node_id)
+    except Exception as second:
+        logger.exception("describing the failure of job %s failed", job.id)
+        return failed_attempt(
+            job_id=job.id or 0,
+            queue=job.queue,
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            error_type=f"{type(error).__module__}.{type(error).__qualname__}",
+            message=f"the error could not be described: {type(second).__qualname__}",
+            trace="",
+            node_id=node_id,
+            relay=None,
+            delay=default_backoff(job.attempt),
+        )
 
 
 def _perform(job: Job, cancellation: threading.Event, node_id: str) -> Any:

@@ -162,12 +162,12 @@ class ListenerActor(pykka.ThreadingActor):
             self._down_since = None
         else:
             logger.debug("listener for node %s connected", self._node_id)
-        if self.connects > 1:
-            # Notifications sent while disconnected are lost: every producer
-            # claims once, and every pending relay's row is read again.
-            for producer in list(self._producers.values()):
-                _tell(producer, Wake())
-            self._poller.tell(Recheck())
+        # Notifications sent while no listener was connected are lost, both
+        # during an outage and while a crashed listener was restarted: every
+        # producer claims once, and every pending relay's row is read again.
+        for producer in list(self._producers.values()):
+            _tell(producer, Wake())
+        self._poller.tell(Recheck())
         return True
 
     def _poll(self) -> None:
@@ -196,6 +196,19 @@ class ListenerActor(pykka.ThreadingActor):
             self._conn = None
 
     def _handle(self, channel: str, payload: str) -> None:
+        # Any session of the database can send to these channels, so no
+        # payload may stop the listener: an unexpected error drops the payload.
+        try:
+            self._dispatch(channel, payload)
+        except Exception as error:  # noqa: BLE001 - logged, rate-limited and dropped
+            self.dropped += 1
+            self._malformed.warn(
+                "listener dropped a notification it could not handle: %s: %s",
+                type(error).__qualname__,
+                error,
+            )
+
+    def _dispatch(self, channel: str, payload: str) -> None:
         if channel == self._relay_channel:
             self._route_results(payload)
         elif channel == self._insert_channel:

@@ -26,7 +26,7 @@ MAX_TRACEBACK_CHARS = 16_000
 
 def relay_target(job_id: int | None, meta: dict[str, Any], prefix: str) -> RelayTarget | None:
     """Return where the job's result goes, or None for a job inserted without a relay."""
-    relay = meta.get("relay")
+    relay = meta.get("relay") if isinstance(meta, dict) else None
     if not isinstance(relay, dict):
         return None
     node, mailbox, ref = relay.get("node"), relay.get("mailbox"), relay.get("ref")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +70,22 @@ def _is_unix_socket(dsn: str) -> bool:
     return isinstance(host, str) and host.startswith("/")
 
 
+def _is_usable(conn: psycopg.Connection[tuple[object, ...]]) -> bool:
+    """Tell whether an idle connection is still open.
+
+    An idle connection has nothing to read unless the server closed it, for
+    example with a termination message when it restarted. A zero-timeout poll
+    finds that without a round trip.
+    """
+    if conn.closed or conn.broken:
+        return False
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
 class PoolTimeout(RelayError, TimeoutError):
     """No pooled connection became free in time."""
 
@@ -102,10 +119,14 @@ class ConnectionPool:
     def _acquire(self, timeout: float) -> psycopg.Connection[tuple[object, ...]]:
         if self._closed:
             raise RelayError("the instance's connection pool is closed: the instance was stopped")
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if _is_usable(conn):
+                return conn
+            self._discard(conn)
         with self._lock:
             can_open = self._opened < self._max_size
             if can_open:
@@ -118,12 +139,16 @@ class ConnectionPool:
                     self._opened -= 1
                 raise
         try:
-            return self._idle.get(timeout=timeout)
+            conn = self._idle.get(timeout=timeout)
         except queue.Empty:
             raise PoolTimeout(
                 f"no database connection free after {timeout:.1f} s; all {self._max_size} are in "
                 "use, so raise pool_size in start()"
             ) from None
+        if _is_usable(conn):
+            return conn
+        self._discard(conn)
+        return self._acquire(timeout)
 
     def _release(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         reusable = (
@@ -135,6 +160,9 @@ class ConnectionPool:
         if reusable:
             self._idle.put(conn)
             return
+        self._discard(conn)
+
+    def _discard(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.close()
         with self._lock:
             self._opened -= 1
