@@ -46,7 +46,11 @@ class _Wait:
         self.deadline = deadline
         self.with_retries = with_retries
         self.results: list[Result | None] = [None] * len(relays)
-        self.instances = [get_instance(relay.instance) for relay in relays]
+        by_name: dict[str, Instance] = {}
+        for relay in relays:
+            if relay.instance not in by_name:
+                by_name[relay.instance] = get_instance(relay.instance)
+        self.instances = [by_name[relay.instance] for relay in relays]
         for instance in {id(instance): instance for instance in self.instances}.values():
             instance.check_usable()
         self.futures: dict[int, pykka.ThreadingFuture[Any]] = {}

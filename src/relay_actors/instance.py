@@ -32,6 +32,7 @@ from relay_actors.errors import (
     InstanceNotFoundError,
     RelayError,
 )
+from relay_actors.inserting import InsertCombiner
 from relay_actors.job import Job
 from relay_actors.names import control_channel, insert_channel, make_node_id, relay_channel
 from relay_actors.options import Options
@@ -77,6 +78,7 @@ class Instance:
         self.control_channel = control_channel(prefix)
         self.relay_channel = relay_channel(prefix, self.node_id)
         self.pool = ConnectionPool(dsn, self.node_id, max_size=options.pool_size)
+        self.inserter = InsertCombiner(self.pool, self.statements, self.insert_channel)
         self.directory = MailboxDirectory()
         self._on_stop = on_stop
         self._pid = os.getpid()

@@ -10,11 +10,11 @@ from typing import Any, Generic, TypeVar
 
 import psycopg
 import pykka
-from psycopg.types.json import Jsonb
 
 from relay_actors.actors.messages import Track
 from relay_actors.awaiting import await_relays
 from relay_actors.errors import ConfigurationError, InvalidJobError
+from relay_actors.inserting import execute_insert
 from relay_actors.instance import Instance
 from relay_actors.instances import DEFAULT_NAME, get_instance
 from relay_actors.job import Job, validate_job
@@ -179,10 +179,9 @@ def _insert(
     if conn is not None:
         xid_row = conn.execute(instance.statements.current_xid).fetchone()
         xid = str(xid_row[0]) if xid_row else None
-        rows = _execute_insert(instance, conn, jobs, metas)
+        rows = execute_insert(instance.statements, instance.insert_channel, conn, jobs, metas)
     else:
-        with instance.pool.connection() as pooled:
-            rows = _execute_insert(instance, pooled, jobs, metas)
+        rows = instance.inserter.insert(jobs, metas)
     relays: list[Relay[Any]] = []
     for job, meta, ref, row in zip(jobs, metas, refs, rows, strict=True):
         job_id, state, inserted_at, scheduled_at = row
@@ -195,41 +194,6 @@ def _insert(
             scheduled_at=scheduled_at,
         )
         relays.append(Relay(inserted, mailbox, ref, instance.name, xid))
-        mailbox.tell(Track(str(ref), job_id))
+    tracked = tuple((str(relay.ref), row[0]) for relay, row in zip(relays, rows, strict=True))
+    mailbox.tell(Track(tracked))
     return relays
-
-
-def _execute_insert(
-    instance: Instance, conn: psycopg.Connection[Any], jobs: list[Job], metas: list[dict[str, Any]]
-) -> list[tuple[Any, ...]]:
-    """Insert the jobs; return (id, state, inserted_at, scheduled_at) per job, in input order."""
-    statements = instance.statements
-    if len(jobs) == 1:
-        job = jobs[0]
-        params = {
-            "queue": job.queue,
-            "worker": job.worker,
-            "args": Jsonb(job.args),
-            "meta": Jsonb(metas[0]),
-            "tags": list(job.tags),
-            "max_attempts": job.max_attempts,
-            "priority": job.priority,
-            "scheduled_at": job.scheduled_at,
-            "channel": instance.insert_channel,
-        }
-        row = conn.execute(statements.insert_one, params).fetchone()
-        assert row is not None
-        return [row[:4]]
-    params = {
-        "queue": [job.queue for job in jobs],
-        "worker": [job.worker for job in jobs],
-        "args": [Jsonb(job.args) for job in jobs],
-        "meta": [Jsonb(meta) for meta in metas],
-        "tags": [Jsonb(list(job.tags)) for job in jobs],
-        "max_attempts": [job.max_attempts for job in jobs],
-        "priority": [job.priority for job in jobs],
-        "scheduled_at": [job.scheduled_at for job in jobs],
-        "channel": instance.insert_channel,
-    }
-    by_ref = {row[4]: row[:4] for row in conn.execute(statements.insert_many, params).fetchall()}
-    return [by_ref[meta["relay"]["ref"]] for meta in metas]

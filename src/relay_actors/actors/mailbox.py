@@ -62,9 +62,11 @@ class RelayRefActor(pykka.ThreadingActor):
         if isinstance(message, AwaitRefs):
             return [self._await(ref, job_id, message.with_retries) for ref, job_id in message.items]
         if isinstance(message, Track):
-            known = self._outcomes.get(message.ref)
-            if known is None or not known.final:
-                self._pending[message.ref] = (message.job_id, time.monotonic())
+            now = time.monotonic()
+            for ref, job_id in message.items:
+                known = self._outcomes.get(ref)
+                if known is None or not known.final:
+                    self._pending[ref] = (job_id, now)
             return None
         if isinstance(message, PendingRefs):
             return self._pending_refs(message.ttl)

@@ -115,10 +115,9 @@ class Sync:
 
 @dataclass(frozen=True, slots=True)
 class Track:
-    """The caller inserted a relay; its mailbox should expect its result."""
+    """The caller inserted relays, as (ref, job id) pairs; the mailbox expects their results."""
 
-    ref: str
-    job_id: int
+    items: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True, slots=True)

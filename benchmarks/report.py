@@ -1,0 +1,205 @@
+"""The figures of each run, their medians, the printed table and the failure count."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.run import Sizes
+from benchmarks.stats import median_or_none, ratio
+
+SIDES = ("relay_actors", "floor")
+MIB = 1024 * 1024
+
+Figures = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    digits: int
+    # Reads the figure from one side's results of one run; None if absent.
+    read: Callable[[Figures], float | None]
+
+
+def _path(*keys: str, scale: float = 1.0) -> Callable[[Figures], float | None]:
+    def read(figures: Figures) -> float | None:
+        value: Any = figures
+        for key in keys:
+            if not isinstance(value, dict) or value.get(key) is None:
+                return None
+            value = value[key]
+        return float(value) / scale
+
+    return read
+
+
+def _time_ratio(figures: Figures) -> float | None:
+    large = _path("throughput_large", "seconds")(figures)
+    small = _path("throughput_small", "seconds")(figures)
+    return ratio(large, small)
+
+
+def metrics(sizes: Sizes) -> list[Metric]:
+    small, large = f"{sizes.small_jobs:,}", f"{sizes.large_jobs:,}"
+    # 10 % over linear scaling: 4.4 for 20,000 jobs against 5,000.
+    target = 1.1 * sizes.large_jobs / sizes.small_jobs
+    return [
+        Metric("latency_p50_ms", "latency p50 (ms)", 2, _path("latency", "p50_ms")),
+        Metric("latency_p90_ms", "latency p90 (ms)", 2, _path("latency", "p90_ms")),
+        Metric("latency_p99_ms", "latency p99 (ms)", 2, _path("latency", "p99_ms")),
+        Metric("latency_max_ms", "latency max (ms)", 2, _path("latency", "max_ms")),
+        Metric(
+            "throughput_small_jobs_per_s",
+            f"throughput, {small} jobs (jobs/s)",
+            0,
+            _path("throughput_small", "jobs_per_s"),
+        ),
+        Metric(
+            "throughput_large_jobs_per_s",
+            f"throughput, {large} jobs (jobs/s)",
+            0,
+            _path("throughput_large", "jobs_per_s"),
+        ),
+        Metric(
+            "time_ratio_large_small",
+            f"time {large} / time {small} (target <= {target:.1f})",
+            2,
+            _time_ratio,
+        ),
+        Metric(
+            "wal_syncs_per_job_small",
+            f"WAL syncs per job, {small} jobs",
+            2,
+            _path("throughput_small", "wal", "syncs_per_job"),
+        ),
+        Metric(
+            "wal_syncs_per_job_large",
+            f"WAL syncs per job, {large} jobs",
+            2,
+            _path("throughput_large", "wal", "syncs_per_job"),
+        ),
+        Metric(
+            "wal_bytes_per_job_small",
+            f"WAL bytes per job, {small} jobs",
+            0,
+            _path("throughput_small", "wal", "bytes_per_job"),
+        ),
+        Metric(
+            "bulk_jobs_per_s",
+            f"bulk async_many, {small} jobs (jobs/s)",
+            0,
+            _path("bulk", "jobs_per_s"),
+        ),
+        Metric(
+            "bulk_wal_syncs_per_job",
+            "bulk: WAL syncs per job",
+            3,
+            _path("bulk", "wal", "syncs_per_job"),
+        ),
+        Metric(
+            "await_many_seconds",
+            f"await_many over {sizes.await_many_jobs:,} relays (s)",
+            3,
+            _path("await_many", "await_many_seconds"),
+        ),
+        Metric(
+            "await_many_total_seconds",
+            f"insert + await_many, {sizes.await_many_jobs:,} (s)",
+            3,
+            _path("await_many", "total_seconds"),
+        ),
+        Metric(
+            "bytes_per_pending_relay",
+            "caller memory per pending relay (bytes)",
+            0,
+            _path("memory", "bytes_per_pending_relay"),
+        ),
+        Metric(
+            "rss_with_pending_mib",
+            f"caller RSS with {sizes.pending_relays:,} pending (MiB)",
+            1,
+            _path("memory", "rss_with_pending_bytes", scale=MIB),
+        ),
+        Metric(
+            "rss_after_completed_mib",
+            f"RSS after +{sizes.completed_relays:,} completed (MiB)",
+            1,
+            _path("memory", "rss_after_completed_bytes", scale=MIB),
+        ),
+        Metric(
+            "rss_after_second_completed_mib",
+            f"RSS after +{sizes.completed_relays:,} more (MiB)",
+            1,
+            _path("memory", "rss_after_second_completed_bytes", scale=MIB),
+        ),
+        Metric(
+            "mailbox_outcomes",
+            "results cached by the caller's mailbox at the end",
+            0,
+            _path("memory", "mailbox", "outcomes"),
+        ),
+    ]
+
+
+def summarise(runs: list[dict[str, Figures]], sizes: Sizes) -> list[dict[str, Any]]:
+    """Return, per metric, the median of each side over the runs and the median ratio."""
+    summary = []
+    for metric in metrics(sizes):
+        values = {side: [metric.read(run[side]) for run in runs] for side in SIDES}
+        ratios = [
+            ratio(relay, floor)
+            for relay, floor in zip(values["relay_actors"], values["floor"], strict=True)
+        ]
+        summary.append(
+            {
+                "key": metric.key,
+                "label": metric.label,
+                "digits": metric.digits,
+                "relay_actors": median_or_none(values["relay_actors"]),
+                "floor": median_or_none(values["floor"]),
+                "ratio": median_or_none(ratios),
+                "per_run": values,
+            }
+        )
+    return summary
+
+
+def format_table(summary: list[dict[str, Any]], environment: dict[str, Any], runs: int) -> str:
+    """Return the summary as a Markdown table, preceded by the environment."""
+
+    def cell(value: float | None, digits: int) -> str:
+        return "—" if value is None else f"{value:,.{digits}f}"
+
+    lines = [
+        f"PostgreSQL {environment['postgresql']} ({environment['server']} server), "
+        f"synchronous_commit={environment['synchronous_commit']}, fsync={environment['fsync']}, "
+        f"wal_sync_method={environment['wal_sync_method']}; "
+        f"{environment['cpu_count']} CPUs; Python {environment['python']}; "
+        f"median of {runs} run{'s' if runs != 1 else ''}",
+        "",
+        "| figure | relay_actors | floor | relay_actors/floor |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for row in summary:
+        lines.append(
+            f"| {row['label']} | {cell(row['relay_actors'], row['digits'])} "
+            f"| {cell(row['floor'], row['digits'])} | {cell(row['ratio'], 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def count_failures(runs: list[dict[str, Figures]]) -> dict[str, Any]:
+    """Return the number of unexpected results per side, with a few examples."""
+    counts = dict.fromkeys(SIDES, 0)
+    examples: list[str] = []
+    for run in runs:
+        for side in SIDES:
+            for workload in run[side].values():
+                failures = workload.get("failures") if isinstance(workload, dict) else None
+                if failures:
+                    counts[side] += failures["count"]
+                    examples.extend(failures["examples"][: 5 - len(examples)])
+    return {"total": sum(counts.values()), **counts, "examples": examples}
