@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay_actors.actors.outcomes import relay_target
 from relay_actors.results import Reason
-from relay_actors.wire import Delivery, Entry, pack_payloads
+from relay_actors.wire import Delivery, Entry, control_payload, pack_payloads
 
 if TYPE_CHECKING:
     from relay_actors.instance import Instance
@@ -43,7 +43,7 @@ def cancel_job(instance: Instance, job_id: int, reason: str) -> bool:
                 payloads.append(payload)
         if old_state == "executing":
             channels.append(instance.control_channel)
-            payloads.append(f"cancel:{job_id}")
+            payloads.append(control_payload(job_id, instance.options.secret))
         if channels:
             conn.execute(statements.notify_many, {"channel": channels, "payload": payloads})
     logger.info(

@@ -117,9 +117,30 @@ def _entry_json(entry: Entry, inline: bool, secret: bytes | None) -> str:
     return _dumps(fields)
 
 
+def control_payload(job_id: int, secret: bytes | None) -> str:
+    """Return the control notification that cancels `job_id`, signed when there is a secret."""
+    text = f"cancel:{job_id}"
+    if secret is None:
+        return text
+    return f"{text}:{_signature([text], secret)}"
+
+
+def parse_control(payload: str, secret: bytes | None) -> int | None:
+    """Return the job id of a valid cancel notification, or None if malformed or forged."""
+    command, _, rest = payload.partition(":")
+    job_text, _, signature = rest.partition(":")
+    if command != "cancel" or not job_text.isascii() or not job_text.isdigit():
+        return None
+    if secret is not None:
+        expected = _signature([f"cancel:{job_text}"], secret)
+        if not signature.isascii() or not hmac.compare_digest(expected, signature):
+            return None
+    return int(job_text)
+
+
 def verify_entry(entry: Entry, secret: bytes) -> bool:
     """Tell whether the entry carries a valid HMAC-SHA256 signature made with `secret`."""
-    if entry.signature is None:
+    if entry.signature is None or not entry.signature.isascii():
         return False
     expected = _signature(_fields(entry, inline=entry.delivery.payload is not None), secret)
     return hmac.compare_digest(expected, entry.signature)

@@ -46,6 +46,7 @@ hashables = st.recursive(
 scalars = (
     hashable_scalars
     | st.integers(min_value=-(2**300), max_value=2**300)
+    | st.integers(min_value=-(2**5000), max_value=2**5000)
     | st.floats()
     | st.decimals(allow_nan=True)
     | st.builds(Point, st.integers(), st.integers(), st.text())
@@ -57,6 +58,9 @@ values = st.recursive(
         | st.lists(children, max_size=5).map(tuple)
         | st.dictionaries(hashables, children, max_size=5)
         | st.sets(hashables, max_size=5)
+        | st.frozensets(hashables, max_size=5)
+        # Dataclass fields hold NaN-free values, since dataclass equality has no NaN rule.
+        | st.builds(Point, hashables, hashables, st.text())
     ),
     max_leaves=30,
 )
@@ -65,6 +69,19 @@ values = st.recursive(
 @given(values)
 def test_codec_round_trips(value: object) -> None:
     assert_same(value, decode(encode(value)))
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_zoned_datetime_keeps_instant(value: dt.datetime) -> None:
+    # A ZoneInfo datetime decodes with a fixed-offset timezone. Python never
+    # calls a datetime in a DST gap or fold equal to one in another zone
+    # (PEP 495), so this compares the wall time, the offset and the instant.
+    decoded = decode(encode(value))
+
+    assert type(decoded) is dt.datetime
+    assert decoded.replace(tzinfo=None) == value.replace(tzinfo=None)
+    assert decoded.utcoffset() == value.utcoffset()
+    assert decoded.timestamp() == value.timestamp()
 
 
 def _framed(raw: bytes) -> bytes:

@@ -160,9 +160,10 @@ def test_max_depth_round_trips() -> None:
     assert_same(value, decode(encode(value)))
 
 
-def test_decode_accepts_frame_without_size() -> None:
+def test_decode_rejects_frame_without_size() -> None:
     raw = bytes([STR]) + varint(5) + b"hello"
-    assert decode(framed(raw, content_size=False)) == "hello"
+    with pytest.raises(DecodeError, match="does not declare its content size"):
+        decode(framed(raw, content_size=False))
 
 
 def test_decode_accepts_memoryview() -> None:
@@ -333,8 +334,8 @@ def test_decode_limit_is_configurable() -> None:
         decode(data, max_decoded_bytes=1_000)
 
 
-def test_decode_limit_applies_without_size() -> None:
-    data = framed(bytes([BYTES]) + varint(2_000) + b"y" * 2_000, content_size=False)
+def test_decode_limit_applies_to_declared_size() -> None:
+    data = framed(bytes([BYTES]) + varint(2_000) + b"y" * 2_000)
     with pytest.raises(DecodeError, match="exceeds the limit"):
         decode(data, max_decoded_bytes=1_000)
 

@@ -15,7 +15,7 @@ from relay_actors.actors.directory import MailboxDirectory
 from relay_actors.actors.messages import CancelRunning, Deliver, Poll, Recheck, Wake
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.store.connect import connect
-from relay_actors.wire import Entry, EnvelopeError, parse_payload, verify_entry
+from relay_actors.wire import Entry, EnvelopeError, parse_control, parse_payload, verify_entry
 
 logger = logging.getLogger("relay_actors.listener")
 
@@ -219,13 +219,15 @@ class ListenerActor(pykka.ThreadingActor):
             self._control(payload)
 
     def _control(self, payload: str) -> None:
-        command, _, argument = payload.partition(":")
-        if command != "cancel" or not argument.isdigit():
+        job_id = parse_control(payload, self._secret)
+        if job_id is None:
             self.dropped += 1
-            self._malformed.warn("listener dropped a malformed control notification %.40r", payload)
+            self._malformed.warn(
+                "listener dropped a malformed or unsigned control notification %.40r", payload
+            )
             return
         for producer in list(self._producers.values()):
-            _tell(producer, CancelRunning(int(argument)))
+            _tell(producer, CancelRunning(job_id))
 
     def _route_results(self, payload: str) -> None:
         try:

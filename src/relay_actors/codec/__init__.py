@@ -37,7 +37,6 @@ VERSION = 1
 SUPPORTED_VERSIONS = frozenset({VERSION})
 COMPRESSION_LEVEL = 3
 DEFAULT_MAX_DECODED_BYTES = 16 * 1024 * 1024
-_FEED_BYTES = 64
 
 # A zstandard context shared between threads crashed the process (zstandard
 # 0.25.0), so each thread keeps its own.
@@ -94,39 +93,29 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def _decompress(frame: bytes, max_decoded_bytes: int) -> bytes:
-    # The size declared in the frame header is checked first, because
-    # zstandard ignores max_output_size when the header declares a size. The
-    # input is then fed in chunks of 64 bytes. One chunk holds at most about
-    # 16 run-length blocks of 128 KiB each, so a frame that hides its size
-    # grows the output by at most about 2 MiB past the limit before the check
-    # below rejects it.
+    # Every frame this codec writes declares its content size, so a frame that
+    # hides it is rejected: zstandard ignores max_output_size for frames that
+    # declare a size, and a frame that hides it could only be bounded while
+    # it is being decompressed.
     try:
         declared = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as error:
         raise DecodeError(f"malformed zstandard frame: {error}") from None
+    if declared < 0:
+        raise DecodeError("the zstandard frame does not declare its content size")
     if declared > max_decoded_bytes:
         raise DecodeError(
             f"decompressed size {declared} bytes exceeds the limit of {max_decoded_bytes} bytes"
         )
+    # zstandard sizes its output buffer from the declared size and rejects a
+    # frame whose content exceeds it, so memory stays within the bound.
     decompressor = _decompressor().decompressobj()
-    output = bytearray()
-    start = 0
-    # A frame that declares its size in bounds decompresses in one call:
-    # zstandard rejects a frame whose content exceeds its declared size.
-    feed = len(frame) if declared >= 0 else _FEED_BYTES
     try:
-        for start in range(0, len(frame), feed):
-            output += decompressor.decompress(frame[start : start + feed])
-            if len(output) > max_decoded_bytes:
-                raise DecodeError(
-                    f"decompressed size exceeds the limit of {max_decoded_bytes} bytes"
-                )
-            if decompressor.eof:
-                break
+        output = decompressor.decompress(frame)
     except zstandard.ZstdError as error:
         raise DecodeError(f"malformed zstandard frame: {error}") from None
     if not decompressor.eof:
         raise DecodeError("truncated zstandard frame")
-    if decompressor.unused_data or start + feed < len(frame):
+    if decompressor.unused_data:
         raise DecodeError("trailing bytes after the zstandard frame")
-    return bytes(output)
+    return output
