@@ -72,13 +72,19 @@ def database_dsn() -> Iterator[str]:
     """DSN of a database that only this test session uses."""
     base = os.environ.get(TEST_DSN_VARIABLE)
     if not base:
+        # The tests get a database of their own on the private server too, so
+        # tests that alter the test database can run from its maintenance one.
         server = EmbeddedServer()
         try:
-            yield server.dsn
+            yield from _own_database(server.dsn)
         finally:
             server.stop()
         return
+    yield from _own_database(base)
 
+
+def _own_database(base: str) -> Iterator[str]:
+    """Create a database on the server of `base`, yield its DSN, then drop it."""
     name = f"relay_actors_test_{secrets.token_hex(6)}"
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

