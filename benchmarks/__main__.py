@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from benchmarks import relay_bench
 from benchmarks.processes import ROOT, ChildFailed
 from benchmarks.report import count_failures, format_table, summarise
 from benchmarks.run import FULL, QUICK, run_once
@@ -50,6 +51,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="tiny sizes (50 round trips, 500 jobs) for a smoke check",
     )
     parser.add_argument(
+        "--relaxed-claims",
+        action="store_true",
+        help="run the relay_actors worker node with --relaxed-claims (claims commit without "
+        "waiting for the WAL flush)",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=DEFAULT_JSON,
@@ -77,11 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     stop_on_sigterm()
     sizes = QUICK if args.quick else FULL
+    if args.relaxed_claims:
+        relay_bench.NODE_OPTIONS.append("--relaxed-claims")
     started = time.monotonic()
     runs: list[dict[str, Any]] = []
     try:
         with database(args.dsn) as (dsn, kind):
             env = environment(dsn, kind)
+            env["relaxed_claims"] = args.relaxed_claims
             for index in range(args.runs):
                 logger.info("run %d of %d", index + 1, args.runs)
                 runs.append(run_once(dsn, sizes, index))

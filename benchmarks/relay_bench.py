@@ -24,6 +24,8 @@ EXECUTORS = 10
 AWAIT_TIMEOUT_SECONDS = 120.0
 LATENCY_TIMEOUT_SECONDS = 10.0
 WORKER_NODE_NAME = "bench-node"
+# Extra `relay-actors worker` options for every node, set from the command line.
+NODE_OPTIONS: list[str] = []
 CALLER_NODE_NAME = "bench-caller"
 
 
@@ -41,6 +43,7 @@ def worker_node_arguments(dsn: str, schema: str) -> list[str]:
         "benchmarks.workers",
         "--node",
         WORKER_NODE_NAME,
+        *NODE_OPTIONS,
     ]
 
 
