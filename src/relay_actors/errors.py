@@ -1,8 +1,9 @@
 """Exceptions raised by relay_actors.
 
-Every exception a caller can catch is a `RelayError`. Awaiting never raises for
-an outcome of the job: `await_` returns an `Error` result, and only
-`AwaitResult.unwrap()` turns that result into one of the exceptions below.
+The errors relay_actors raises itself are `RelayError`s; errors of the database
+driver (psycopg) pass through unchanged. Awaiting never raises for an outcome of
+the job: `await_` returns an `Error` result, and only `unwrap()` on that result
+raises one of the exceptions below.
 """
 
 from __future__ import annotations
@@ -87,4 +88,4 @@ class JobNotFound(RelayError):
 
 
 class ResultUndecodable(RelayError):
-    """The result holds a type the awaiting process cannot decode."""
+    """The result contains a type the awaiting process cannot decode."""

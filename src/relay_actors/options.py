@@ -30,7 +30,7 @@ class Options:
         heartbeat_interval: how often the node writes its heartbeat.
         rescue_after: heartbeat age after which a node's executing jobs are rescued.
         safety_net_interval: how often the rows of pending relays are re-read.
-        pending_ttl: how long a mailbox tracks a relay nobody awaits.
+        pending_ttl: how long a mailbox tracks a relay that no caller awaits.
         prune_after: age of finished jobs that the pruner deletes.
         prune_interval: how often the pruner runs.
         secret: key that signs relay notifications; the same on every node.

@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 
 class Reason(StrEnum):
-    """Why an await returned no value."""
+    """Reason an await returned no value."""
 
     SNOOZED = "snoozed"
     DISCARDED = "discarded"

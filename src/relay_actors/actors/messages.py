@@ -136,7 +136,7 @@ class AwaitRefs:
 class PendingRefs:
     """Ask a mailbox for its (ref, job id) pairs without a final outcome.
 
-    Refs older than `ttl` seconds that nobody awaits are dropped first; an
+    Refs older than `ttl` seconds that no caller awaits are dropped first; an
     await of such a ref later reads the job's row.
     """
 

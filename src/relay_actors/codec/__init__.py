@@ -94,9 +94,8 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def _decompress(frame: bytes, max_decoded_bytes: int) -> bytes:
     # Every frame this codec writes declares its content size, so a frame that
-    # hides it is rejected: zstandard ignores max_output_size for frames that
-    # declare a size, and a frame that hides it could only be bounded while
-    # it is being decompressed.
+    # hides it is rejected. The size of such a frame could only be bounded
+    # while it is decompressed, after memory was already spent.
     try:
         declared = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as error:
