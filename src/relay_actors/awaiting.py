@@ -17,6 +17,7 @@ from relay_actors.errors import ConfigurationError, RelayNotCommitted
 from relay_actors.instance import Instance
 from relay_actors.instances import get_instance
 from relay_actors.results import Error, Ok, Reason
+from relay_actors.store.connect import PoolTimeout
 from relay_actors.wire import Delivery, delivery_from_row, to_await_result
 
 if TYPE_CHECKING:
@@ -28,6 +29,11 @@ Result = Ok[Any] | Error
 
 # Pause before reading rows again after the database failed a read.
 ROW_RETRY_SECONDS = 0.1
+# Least time a mailbox gets to reply, so an await at its deadline still reads
+# results that are already there.
+ASK_MIN_SECONDS = 0.05
+# Least time a row read may wait for a pooled connection.
+POOL_MIN_SECONDS = 0.05
 
 
 def validate_timeout(timeout: object) -> float:
@@ -69,15 +75,17 @@ class _Wait:
             groups.setdefault(mailbox.actor_urn, (mailbox, []))[1].append(index)
         for mailbox, group in groups.values():
             items = tuple((str(self.relays[i].ref), self._job_id(i)) for i in group)
+            message = AwaitRefs(items, self.with_retries)
             try:
-                futures = mailbox.ask(
-                    AwaitRefs(items, self.with_retries), timeout=max(self.remaining(), 1.0)
-                )
-            except pykka.ActorDeadError:
-                mailbox = self.instances[group[0]].mailbox()
-                futures = mailbox.ask(
-                    AwaitRefs(items, self.with_retries), timeout=max(self.remaining(), 1.0)
-                )
+                try:
+                    futures = mailbox.ask(message, timeout=max(self.remaining(), ASK_MIN_SECONDS))
+                except pykka.ActorDeadError:
+                    mailbox = self.instances[group[0]].mailbox()
+                    futures = mailbox.ask(message, timeout=max(self.remaining(), ASK_MIN_SECONDS))
+            except pykka.Timeout:
+                for index in group:
+                    self.results[index] = Error(Reason.TIMEOUT)
+                continue
             for index, future in zip(group, futures, strict=True):
                 self.futures[index] = future
                 self.mailboxes[index] = mailbox
@@ -93,7 +101,13 @@ class _Wait:
             if relay.xid is None:
                 to_ask.append(index)
                 continue
-            status = _transaction_status(self.instances[index], relay.xid)
+            try:
+                status = _transaction_status(
+                    self.instances[index], relay.xid, max(self.remaining(), POOL_MIN_SECONDS)
+                )
+            except PoolTimeout:
+                self.results[index] = Error(Reason.TIMEOUT)
+                continue
             if status == "in progress":
                 raise RelayNotCommitted(
                     f"the transaction that inserted job {relay.job.id} is still open; "
@@ -143,10 +157,14 @@ class _Wait:
             by_instance[id(self.instances[index])].append(index)
         for group in by_instance.values():
             try:
-                rows = _read_outcomes(self.instances[group[0]], [self._job_id(i) for i in group])
-            except psycopg.OperationalError as error:
-                # The database is unreachable: keep waiting on the mailbox, which
-                # the safety-net poll fills once the database is back.
+                rows = _read_outcomes(
+                    self.instances[group[0]],
+                    [self._job_id(i) for i in group],
+                    max(self.remaining(), POOL_MIN_SECONDS),
+                )
+            except (psycopg.OperationalError, PoolTimeout) as error:
+                # The database is unreachable or every connection is busy: keep
+                # waiting on the mailbox, which the safety-net poll fills later.
                 logger.warning("reading relay rows failed, waiting on: %s", error)
                 unsettled.extend(group)
                 time.sleep(min(ROW_RETRY_SECONDS, self.remaining()))
@@ -179,15 +197,17 @@ class _Wait:
                 pass
 
 
-def _transaction_status(instance: Instance, xid: str) -> str | None:
+def _transaction_status(instance: Instance, xid: str, timeout: float) -> str | None:
     """Return "committed", "aborted" or "in progress", or None if too old to know."""
-    with instance.pool.connection() as conn:
+    with instance.pool.connection(timeout) as conn:
         row = conn.execute(instance.statements.xact_status, {"xid": xid}).fetchone()
     return None if row is None or row[0] is None else str(row[0])
 
 
-def _read_outcomes(instance: Instance, job_ids: list[int]) -> dict[int, tuple[Any, ...]]:
-    with instance.pool.connection() as conn:
+def _read_outcomes(
+    instance: Instance, job_ids: list[int], timeout: float
+) -> dict[int, tuple[Any, ...]]:
+    with instance.pool.connection(timeout) as conn:
         rows = conn.execute(instance.statements.read_outcomes, {"ids": job_ids}).fetchall()
     return {int(row[0]): row for row in rows}  # type: ignore[call-overload]
 

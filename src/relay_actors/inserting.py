@@ -95,7 +95,11 @@ class InsertCombiner:
             lead = not self._busy
             self._busy = True
         if not lead:
-            request.done.wait()
+            try:
+                request.done.wait()
+            except BaseException:
+                self._abandon(request)
+                raise
             if not request.lead:
                 return _result(request)
         self._run_batch()
@@ -132,8 +136,22 @@ class InsertCombiner:
                 self._busy = False
                 return
             successor = self._waiting[0]
-        successor.lead = True
+            successor.lead = True
         successor.done.set()
+
+    def _abandon(self, request: _Request) -> None:
+        """Withdraw a request whose caller was interrupted while it waited.
+
+        A request not yet taken into a batch is removed. One that was made the
+        next leader runs its batch first, so that the callers queued behind it
+        are not left waiting forever.
+        """
+        with self._lock:
+            waiting = request in self._waiting and not request.lead
+            if waiting:
+                self._waiting.remove(request)
+        if not waiting and request.lead:
+            self._run_batch()
 
 
 def _result(request: _Request) -> list[Row]:

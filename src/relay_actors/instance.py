@@ -45,6 +45,7 @@ from relay_actors.worker import registered_worker_names
 logger = logging.getLogger("relay_actors.instance")
 
 START_TIMEOUT_SECONDS = 10.0
+FORGET_NODE_TIMEOUT_SECONDS = 2.0
 TICK_SECONDS = 0.1
 SUPERVISE_EVERY_TICKS = 10
 
@@ -250,7 +251,8 @@ class Instance:
         acker = self._supervisor.ref("acker")
         if acker is not None:
             try:
-                acker.ask(Sync()).get(timeout=max(1.0, deadline - time.monotonic()))
+                synced = acker.ask(Sync(), timeout=max(1.0, deadline - time.monotonic()))
+                synced.get(timeout=max(1.0, deadline - time.monotonic()))
             except (pykka.Timeout, pykka.ActorDeadError):
                 logger.warning("recording the last outcomes timed out at stop")
         for name in self._supervisor.names():
@@ -314,7 +316,7 @@ class Instance:
 
     def _forget_node(self) -> None:
         try:
-            with self.pool.connection() as conn:
+            with self.pool.connection(FORGET_NODE_TIMEOUT_SECONDS) as conn:
                 conn.execute(self.statements.delete_node, {"node_id": self.node_id})
         except Exception as error:  # noqa: BLE001 - a stale node row is harmless
             logger.warning("could not remove node %s from the nodes table: %s", self.node_id, error)

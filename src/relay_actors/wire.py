@@ -157,11 +157,11 @@ def pack_payloads(entries: list[tuple[Entry, bool]], secret: bytes | None = None
 
 def pack_payloads_with_ids(
     entries: list[tuple[Entry, bool]], secret: bytes | None = None
-) -> list[tuple[str, list[int]]]:
-    """Pack entries as `pack_payloads` does; return each payload with its entries' job ids."""
-    packed: list[tuple[str, list[int]]] = []
+) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Pack entries as `pack_payloads` does; return payloads with their (job id, attempt) pairs."""
+    packed: list[tuple[str, list[tuple[int, int]]]] = []
     parts: list[str] = []
-    ids: list[int] = []
+    ids: list[tuple[int, int]] = []
     size = len(ENVELOPE_VERSION) + 2
     for entry, inline in entries:
         part = _entry_json(entry, inline, secret)
@@ -172,7 +172,7 @@ def pack_payloads_with_ids(
             parts, ids = [], []
             size = len(ENVELOPE_VERSION) + 2
         parts.append(part)
-        ids.append(entry.delivery.job_id)
+        ids.append((entry.delivery.job_id, entry.delivery.attempt))
         size += len(part) + 1
     if parts:
         packed.append((ENVELOPE_VERSION + "[" + ",".join(parts) + "]", ids))

@@ -171,9 +171,12 @@ class AckerActor(pykka.ThreadingActor):
                     extra={"action": "record_lost", "job_id": outcome.job_id},
                 )
 
-    def _write(self, batch: list[AttemptOutcome]) -> None:
+    def _write(self, outcomes: list[AttemptOutcome]) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn, "acker", self._node_id)
+        # Of two outcomes for one attempt (a release at stop and the late
+        # return), the first wins, as it would in two separate writes.
+        batch = list({(o.job_id, o.attempt): o for o in reversed(outcomes)}.values())[::-1]
         notifications = self._notifications(batch)
         params = {
             "id": [outcome.job_id for outcome in batch],
@@ -189,15 +192,21 @@ class AckerActor(pykka.ThreadingActor):
             ],
             "channel": [channel for channel, _, _ in notifications],
             "payload": [payload for _, payload, _ in notifications],
-            "ids": [",".join(map(str, ids)) for _, _, ids in notifications],
+            "ids": [
+                ",".join(f"{job_id}:{attempt}" for job_id, attempt in ids)
+                for _, _, ids in notifications
+            ],
         }
         rows = self._conn.execute(self._statements.record, params).fetchall()
-        changed = {row[0] for row in rows}
-        if len(changed) == len(batch):
+        changed = {(row[0], row[1]) for row in rows}
+        if len(changed) == len(outcomes):
             return
         # Some attempts had ended already, so the notifications that carried
         # them were held back: send the others' results now, after the commit.
-        recorded = [outcome for outcome in batch if outcome.job_id in changed]
+        held_back = {
+            pair for _, _, pairs in notifications if not changed.issuperset(pairs) for pair in pairs
+        }
+        recorded = [o for o in batch if (o.job_id, o.attempt) in changed & held_back]
         resend = self._notifications(recorded)
         if resend:
             self._conn.execute(
@@ -210,22 +219,24 @@ class AckerActor(pykka.ThreadingActor):
         logger.info(
             "%d of %d outcomes were not recorded because their attempts had ended already "
             "(the jobs were cancelled, rescued or released)",
-            len(batch) - len(changed),
-            len(batch),
+            len(outcomes) - len(changed),
+            len(outcomes),
             extra={"action": "record_skipped"},
         )
 
-    def _notifications(self, outcomes: list[AttemptOutcome]) -> list[tuple[str, str, list[int]]]:
-        """Return (channel, payload, job ids) of each notification the outcomes need.
+    def _notifications(
+        self, outcomes: list[AttemptOutcome]
+    ) -> list[tuple[str, str, list[tuple[int, int]]]]:
+        """Return (channel, payload, (job id, attempt) pairs) of each notification needed.
 
         Relay results are grouped by caller channel into as few payloads as fit;
         jobs made available again (a lost attempt) wake every node of their queue.
         """
         by_channel: dict[str, list[tuple[Entry, bool]]] = defaultdict(list)
-        wakes: dict[str, list[int]] = defaultdict(list)
+        wakes: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for outcome in outcomes:
             if outcome.state == "available":
-                wakes[outcome.queue].append(outcome.job_id)
+                wakes[outcome.queue].append((outcome.job_id, outcome.attempt))
             relay = outcome.relay
             if relay is None:
                 continue
@@ -238,7 +249,7 @@ class AckerActor(pykka.ThreadingActor):
             )
             entry = Entry(relay.mailbox, relay.ref, delivery)
             by_channel[relay.channel].append((entry, relay.inline))
-        notifications: list[tuple[str, str, list[int]]] = []
+        notifications: list[tuple[str, str, list[tuple[int, int]]]] = []
         for channel, entries in by_channel.items():
             for payload, ids in pack_payloads_with_ids(entries, self._secret):
                 notifications.append((channel, payload, ids))

@@ -53,6 +53,11 @@ class RelayRefActor(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._directory.remove(self.actor_urn)
+        # Callers still waiting here read the row and move to a live mailbox.
+        for waits in self._waiters.values():
+            for future, _ in waits:
+                future.set(READ_ROW)
+        self._waiters.clear()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Deliver):
@@ -112,16 +117,20 @@ class RelayRefActor(pykka.ThreadingActor):
     def _await(self, ref: str, job_id: int, with_retries: bool) -> ThreadingFuture[Any]:
         future: ThreadingFuture[Any] = ThreadingFuture()
         known = self._outcomes.get(ref)
-        if known is not None and (known.final or not with_retries):
+        if known is not None and known.final:
             future.set(known)
             return future
-        if known is None and ref not in self._pending:
-            # No record of this ref: its result was dropped from the cache, or
-            # it was inserted by another mailbox. Expect it from now on, and let
-            # the caller read the row for anything that finished before.
+        if ref not in self._pending:
+            # No record of this ref, or only a per-attempt outcome of a ref that
+            # expired: its result was dropped from the cache, it was inserted by
+            # another mailbox, or a newer outcome went unnoticed. Expect it from
+            # now on, and let the caller read the row for anything before.
             self._pending[ref] = (job_id, time.monotonic())
             self._directory.adopt(ref, self.actor_ref)
             future.set(READ_ROW)
+            return future
+        if known is not None and not with_retries:
+            future.set(known)
             return future
         self._waiters.setdefault(ref, []).append((future, with_retries))
         return future

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import select
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -94,7 +94,8 @@ class ConnectionPool:
     """A small thread-safe pool of autocommit connections for caller threads.
 
     Connections open lazily up to `max_size`. A connection returned broken, or
-    inside a transaction, is closed instead of reused.
+    inside a transaction, is closed instead of reused, and an idle connection
+    that the server closed is replaced when it is taken.
     """
 
     def __init__(self, dsn: str, node_id: str, *, max_size: int = 10) -> None:
@@ -103,13 +104,14 @@ class ConnectionPool:
         self._dsn = dsn
         self._node_id = node_id
         self._max_size = max_size
-        self._idle: queue.LifoQueue[psycopg.Connection[tuple[object, ...]]] = queue.LifoQueue()
-        self._lock = threading.Lock()
+        self._idle: list[psycopg.Connection[tuple[object, ...]]] = []
+        self._condition = threading.Condition()
         self._opened = 0
         self._closed = False
 
     @contextmanager
     def connection(self, timeout: float = 30.0) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        """Lend a connection for the block, waiting at most `timeout` seconds for one."""
         conn = self._acquire(timeout)
         try:
             yield conn
@@ -117,64 +119,56 @@ class ConnectionPool:
             self._release(conn)
 
     def _acquire(self, timeout: float) -> psycopg.Connection[tuple[object, ...]]:
-        if self._closed:
-            raise RelayError("the instance's connection pool is closed: the instance was stopped")
-        while True:
-            try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                break
-            if _is_usable(conn):
-                return conn
-            self._discard(conn)
-        with self._lock:
-            can_open = self._opened < self._max_size
-            if can_open:
-                self._opened += 1
-        if can_open:
-            try:
-                return connect(self._dsn, "caller", self._node_id)
-            except BaseException:
-                with self._lock:
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                if self._closed:
+                    raise RelayError(
+                        "the instance's connection pool is closed: the instance was stopped"
+                    )
+                while self._idle:
+                    conn = self._idle.pop()
+                    if _is_usable(conn):
+                        return conn
+                    conn.close()
                     self._opened -= 1
-                raise
+                if self._opened < self._max_size:
+                    self._opened += 1
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PoolTimeout(
+                        f"no database connection free after {timeout:.1f} s; all "
+                        f"{self._max_size} are in use, so raise pool_size in start()"
+                    )
+                self._condition.wait(remaining)
         try:
-            conn = self._idle.get(timeout=timeout)
-        except queue.Empty:
-            raise PoolTimeout(
-                f"no database connection free after {timeout:.1f} s; all {self._max_size} are in "
-                "use, so raise pool_size in start()"
-            ) from None
-        if _is_usable(conn):
-            return conn
-        self._discard(conn)
-        return self._acquire(timeout)
+            return connect(self._dsn, "caller", self._node_id)
+        except BaseException:
+            with self._condition:
+                self._opened -= 1
+                self._condition.notify()
+            raise
 
     def _release(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         reusable = (
-            not self._closed
-            and not conn.closed
+            not conn.closed
             and not conn.broken
             and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         )
-        if reusable:
-            self._idle.put(conn)
-            return
-        self._discard(conn)
-
-    def _discard(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
-        conn.close()
-        with self._lock:
-            self._opened -= 1
+        with self._condition:
+            if reusable and not self._closed:
+                self._idle.append(conn)
+            else:
+                conn.close()
+                self._opened -= 1
+            self._condition.notify()
 
     def close(self) -> None:
         """Close every idle connection; connections in use close when released."""
-        self._closed = True
-        while True:
-            try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                break
-            conn.close()
-            with self._lock:
+        with self._condition:
+            self._closed = True
+            while self._idle:
+                self._idle.pop().close()
                 self._opened -= 1
+            self._condition.notify_all()

@@ -66,8 +66,9 @@ RETURNING j.id, j.queue, j.worker, j.args, j.meta, j.tags, j.attempt, j.max_atte
 # Records the outcomes of finished attempts and sends their notifications, in
 # one statement and so one transaction. Only rows still executing the same
 # attempt change, so an outcome never overwrites a job that moved on (it was
-# cancelled, rescued or released). A notification goes out only if every job
-# it carries (listed in n.ids) was changed; the acker resends the others.
+# cancelled, rescued or released). A notification goes out only if every
+# attempt it carries (n.ids lists "job id:attempt" pairs) was recorded; the
+# acker resends the others' results.
 _RECORD = """
 WITH updated AS (
     UPDATE {jobs} AS j
@@ -88,17 +89,17 @@ WITH updated AS (
                 %(extra_attempts)s::smallint[], %(error)s::jsonb[], %(meta_patch)s::jsonb[])
          AS u(id, attempt, state, outcome, result, delay, extra_attempts, error, meta_patch)
     WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt
-    RETURNING j.id
+    RETURNING j.id, u.attempt
 ),
 notified AS (
     SELECT pg_notify(n.channel, n.payload)
     FROM unnest(%(channel)s::text[], %(payload)s::text[], %(ids)s::text[])
          AS n(channel, payload, ids)
     WHERE NOT EXISTS (
-        SELECT 1 FROM unnest(string_to_array(n.ids, ',')::bigint[]) AS wanted(id)
-        WHERE wanted.id NOT IN (SELECT id FROM updated))
+        SELECT 1 FROM unnest(string_to_array(n.ids, ',')) AS wanted(pair)
+        WHERE wanted.pair NOT IN (SELECT id || ':' || attempt FROM updated))
 )
-SELECT id, (SELECT count(*) FROM notified) FROM updated
+SELECT id, attempt, (SELECT count(*) FROM notified) FROM updated
 """
 
 # Makes due scheduled and retryable jobs available, and wakes their queues.
