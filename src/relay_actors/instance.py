@@ -24,6 +24,7 @@ from relay_actors.actors.outcomes import failed_attempt, relay_target
 from relay_actors.actors.poller import ResultPollerActor
 from relay_actors.actors.producer import ProducerActor
 from relay_actors.actors.pruner import PrunerActor
+from relay_actors.actors.slot import ActorSlot
 from relay_actors.actors.stager import StagerActor
 from relay_actors.cancelling import cancel_job
 from relay_actors.errors import (
@@ -333,6 +334,11 @@ class Instance:
         self.stop()
 
     # Used by Relay and by callers
+
+    @property
+    def acker(self) -> ActorSlot:
+        """Slot of the actor that records outcomes, for `relay_actors.testing`."""
+        return self._supervisor.slot("acker")
 
     @property
     def running(self) -> bool:

@@ -172,7 +172,7 @@ class ProducerActor(pykka.ThreadingActor):
         self._want_claim = len(rows) == limit
         for row in rows:
             self.claimed += 1
-            job = _job_from_row(row)
+            job = job_from_row(row)
             executor = self._idle.popleft()
             cancellation = threading.Event()
             self._running[executor.actor_urn] = (job, cancellation)
@@ -192,7 +192,7 @@ class ProducerActor(pykka.ThreadingActor):
             self._conn = None
 
 
-def _job_from_row(row: tuple[Any, ...]) -> Job:
+def job_from_row(row: tuple[Any, ...]) -> Job:
     (
         job_id,
         queue,

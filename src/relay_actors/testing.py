@@ -1,0 +1,75 @@
+"""Helpers for users' own tests: run a queue's jobs in the calling thread.
+
+`drain_queue` lets a test insert jobs with `Relay.async_` on an instance
+started with `queues={}`, then run them to completion without a worker node::
+
+    instance = relay_actors.start(dsn=..., queues={}, plugins=[Relay])
+    relay = Relay.async_(Double.new({"int": 2}))
+    assert relay_actors.testing.drain_queue("math") == {"completed": 1}
+    assert Relay.await_(relay) == Ok(4)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pykka
+
+from relay_actors.actors.executor import run_attempt
+from relay_actors.actors.messages import Record, Sync
+from relay_actors.actors.producer import job_from_row
+from relay_actors.errors import RelayError
+from relay_actors.instances import DEFAULT_NAME, get_instance
+
+CLAIM_BATCH = 100
+RECORD_TIMEOUT_SECONDS = 30.0
+
+
+def drain_queue(queue: str, *, instance: str = DEFAULT_NAME) -> dict[str, int]:
+    """Run every available job of `queue` to an outcome in this thread; return counts by state.
+
+    Jobs run one at a time, as on an executor, and their outcomes are recorded
+    and announced as a node would. Jobs that become available while the queue
+    drains (for example a retry with no delay) run too. Scheduled jobs, and
+    retries whose time has not come, are not run. The counts map each job's
+    new state (completed, retryable, scheduled, discarded, cancelled,
+    available) to how many jobs reached it.
+
+    Raises:
+        InstanceNotFoundError: no running instance is called `instance`.
+        RelayError: the outcomes were not recorded within 30 s.
+    """
+    node = get_instance(instance)
+    node.check_usable(relay=False)
+    acker = node.acker
+    counts: Counter[str] = Counter()
+    while True:
+        with node.pool.connection() as conn:
+            rows = conn.execute(
+                node.statements.claim,
+                {"node": node.node_id, "queue": queue, "limit": CLAIM_BATCH},
+            ).fetchall()
+        if not rows:
+            break
+        for row in rows:
+            outcome = run_attempt(job_from_row(row), threading.Event(), node.prefix, node.node_id)
+            counts[outcome.state] += 1
+            if not acker.tell(Record(outcome)):
+                raise RelayError(f"instance {instance!r} has no acker: it is stopping")
+        _wait_for_acker(node.acker.ref, instance)
+    return dict(counts)
+
+
+def _wait_for_acker(acker: pykka.ActorRef[Any] | None, instance: str) -> None:
+    if acker is None:
+        raise RelayError(f"instance {instance!r} has no acker: it is stopping")
+    try:
+        synced = acker.ask(Sync(), timeout=RECORD_TIMEOUT_SECONDS)
+        synced.get(timeout=RECORD_TIMEOUT_SECONDS)
+    except pykka.Timeout:
+        raise RelayError(
+            f"outcomes of the drained jobs were not recorded within {RECORD_TIMEOUT_SECONDS} s; "
+            "check that the database is reachable"
+        ) from None
