@@ -90,6 +90,8 @@ class RelayRefActor(pykka.ThreadingActor):
         }
 
     def _deliver(self, ref: str, delivery: Delivery) -> None:
+        # NOTE: a result for a ref this mailbox never tracked is kept too (up to
+        # max_outcomes), so without a signing secret forged results cost memory.
         known = self._outcomes.get(ref)
         if known is not None and not delivery.supersedes(known):
             return
