@@ -91,7 +91,7 @@ class FloorWorker(threading.Thread):
         self.completed = 0
 
     def wake(self) -> None:
-        """Wake the worker at once, so that it sees a stop request without its poll delay."""
+        """Wake the worker at once, so that it handles a stop request without its poll delay."""
         self._wake.set()
 
     def run(self) -> None:

@@ -29,10 +29,10 @@ Result = Ok[Any] | Error
 
 # Pause before reading rows again after the database failed a read.
 ROW_RETRY_SECONDS = 0.1
-# Least time a mailbox gets to reply, so an await at its deadline still reads
+# Minimum time a mailbox gets to reply, so an await at its deadline still reads
 # results that are already there.
 ASK_MIN_SECONDS = 0.05
-# Least time a row read may wait for a pooled connection.
+# Minimum time a row read may wait for a pooled connection.
 POOL_MIN_SECONDS = 0.05
 
 

@@ -37,7 +37,7 @@ class Options:
         relaxed_claims: commit claims without waiting for the WAL flush
             (synchronous_commit = off). A claim lost in a PostgreSQL crash
             makes its job claimable again, so an attempt that was running
-            may run a second time; recorded outcomes stay durable.
+            may run a second time. Recorded outcomes stay durable.
     """
 
     queues: Mapping[str, int]

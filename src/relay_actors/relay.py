@@ -64,9 +64,9 @@ class Relay(Generic[T]):
 
         Call as `Relay.async_(job)`, `Relay.async_("name", job)` or
         `Relay.async_(job, instance="name")`. With `conn`, the insert runs in that
-        connection's open transaction, so the job exists only if it commits;
-        awaiting it before the commit raises RelayNotCommitted, and after a
-        rollback returns `Error("not_found")`.
+        connection's open transaction, so the job exists only if it commits.
+        Awaiting it before the commit raises RelayNotCommitted, and awaiting it
+        after a rollback returns `Error("not_found")`.
 
         Raises:
             InvalidJobError: the job is invalid; nothing was inserted.

@@ -157,8 +157,8 @@ def worker_name(cls: type) -> str:
     """Return the stable name of a worker class: the module it imports from, and its qualname.
 
     A class defined in a script run as `__main__` gets the module name the script
-    has when imported from `sys.path`; one defined inside a function has no name
-    another process could know, so it is rejected.
+    has when imported from `sys.path`. A class defined inside a function is
+    rejected, because no other process could know its name.
     """
     if "<locals>" in cls.__qualname__:
         raise InvalidWorkerError(

@@ -229,8 +229,8 @@ class AckerActor(pykka.ThreadingActor):
     ) -> list[tuple[str, str, list[tuple[int, int]]]]:
         """Return (channel, payload, (job id, attempt) pairs) of each notification needed.
 
-        Relay results are grouped by caller channel into as few payloads as fit;
-        jobs made available again (a lost attempt) wake every node of their queue.
+        Relay results are grouped by caller channel into as few payloads as fit.
+        Jobs made available again (a lost attempt) wake every node of their queue.
         """
         by_channel: dict[str, list[tuple[Entry, bool]]] = defaultdict(list)
         wakes: dict[str, list[tuple[int, int]]] = defaultdict(list)

@@ -30,9 +30,9 @@ class RelayRefActor(pykka.ThreadingActor):
     """Keeps the results of one caller thread's relays and replies to its awaits.
 
     Results that arrive before anyone awaits them are kept, up to
-    `max_outcomes` (oldest dropped first); an await of a dropped result reads
-    the job's row instead. Runs on its own daemon thread; every message is
-    handled without I/O.
+    `max_outcomes`, and the oldest are dropped first. An await of a dropped
+    result reads the job's row instead. It runs on its own daemon thread and
+    handles every message without I/O.
     """
 
     use_daemon_thread = True

@@ -156,7 +156,7 @@ class ProducerActor(pykka.ThreadingActor):
         if self._draining or not self._idle:
             return
         # NOTE: under a steady load executors free up one at a time, so most
-        # claims take one job and cost one commit; profiles of the benchmark
+        # claims take one job and cost one commit. Profiles of the benchmark
         # show this loop as the worker node's throughput limit.
         limit = len(self._idle)
         self._next_poll = time.monotonic() + self._poll_interval

@@ -1,8 +1,8 @@
 """The demo: file statistics of the standard library, computed on a worker node.
 
-The demo starts a worker node in a separate OS process, inserts one job per
-source file of the standard library from several caller threads, awaits the
-results with `await_` and `await_many`, and checks each one against the same
+The demo starts a worker node in a separate OS process. Several caller threads
+insert one job per source file of the standard library and await the results
+with `await_` and `await_many`. Each result is checked against the same
 computation done here. It then runs one job for each error result.
 """
 
