@@ -18,6 +18,7 @@ from relay_actors.instance import Instance
 from relay_actors.instances import get_instance
 from relay_actors.results import Error, Ok, Reason
 from relay_actors.store.connect import PoolTimeout
+from relay_actors.telemetry import RELAY_DELIVERED, RELAY_TIMEOUT, enabled, execute
 from relay_actors.wire import Delivery, delivery_from_row, to_await_result
 
 if TYPE_CHECKING:
@@ -165,7 +166,11 @@ class _Wait:
             except (psycopg.OperationalError, PoolTimeout) as error:
                 # The database is unreachable or every connection is busy: keep
                 # waiting on the mailbox, which the safety-net poll fills later.
-                logger.warning("reading relay rows failed, waiting on: %s", error)
+                logger.warning(
+                    "reading relay rows failed, waiting on: %s",
+                    error,
+                    extra={"action": "read_rows_failed"},
+                )
                 unsettled.extend(group)
                 time.sleep(min(ROW_RETRY_SECONDS, self.remaining()))
                 continue
@@ -214,7 +219,8 @@ def _read_outcomes(
 
 def await_relays(relays: Sequence[Relay[Any]], timeout: float, with_retries: bool) -> list[Result]:
     """Return one result per relay, in order, by one shared deadline `timeout` seconds away."""
-    deadline = time.monotonic() + validate_timeout(timeout)
+    started = time.monotonic()
+    deadline = started + validate_timeout(timeout)
     wait = _Wait(relays, deadline, with_retries)
     wait.ask(wait.check_transactions())
     block = False
@@ -230,4 +236,34 @@ def await_relays(relays: Sequence[Relay[Any]], timeout: float, with_retries: boo
             break
         block = not read_rows and not in_row
     wait.give_up()
-    return [result if result is not None else Error(Reason.TIMEOUT) for result in wait.results]
+    results = [result if result is not None else Error(Reason.TIMEOUT) for result in wait.results]
+    if enabled(RELAY_DELIVERED) or enabled(RELAY_TIMEOUT):
+        _emit_relay_events(relays, results, time.monotonic() - started)
+    return results
+
+
+def _emit_relay_events(relays: Sequence[Relay[Any]], results: list[Result], wait: float) -> None:
+    """Emit one delivered or timeout event per relay; `wait` is the await's duration in seconds."""
+    now = time.time()
+    for relay, result in zip(relays, results, strict=True):
+        metadata = {
+            "job_id": relay.job.id,
+            "queue": relay.job.queue,
+            "worker": relay.job.worker,
+            "ref": str(relay.ref),
+            "instance": relay.instance,
+        }
+        if isinstance(result, Error) and result.reason == Reason.TIMEOUT:
+            execute(RELAY_TIMEOUT, {"wait": wait}, metadata)
+            continue
+        if isinstance(result, Ok):
+            metadata["outcome"] = "ok"
+        elif isinstance(result.reason, Reason):
+            metadata["outcome"] = result.reason.value
+        else:
+            metadata["outcome"] = "job_error"
+        inserted_at = relay.job.inserted_at
+        # The row's inserted_at is on the database's clock, so clock skew between
+        # this host and the database shifts the latency.
+        latency = None if inserted_at is None else now - inserted_at.timestamp()
+        execute(RELAY_DELIVERED, {"wait": wait, "latency": latency}, metadata)
