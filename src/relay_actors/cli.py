@@ -1,4 +1,4 @@
-"""The `relay-actors` command line: run a worker node, migrate a schema, or run the demo."""
+"""The `relay-actors` command line: worker, migrate, status and demo."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from relay_actors.instances import start
 from relay_actors.names import validate_prefix
 from relay_actors.options import DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_GRACE
 from relay_actors.relay import Relay
+from relay_actors.status import SchemaNotMigrated, read_status, status_to_json, status_to_text
 from relay_actors.store.migrations import LATEST_VERSION, migrate
 
 logger = logging.getLogger("relay_actors.cli")
@@ -124,6 +125,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "--prefix", default="public", help="schema of the tables (default public)"
     )
 
+    status_command = commands.add_parser(
+        "status",
+        parents=[common],
+        description="Print job counts per queue and state, and every node with its queues, "
+        "last heartbeat, executors in use and pending relays.",
+        help="show job counts per queue and state, and the nodes of a schema",
+    )
+    status_command.add_argument(
+        "--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)"
+    )
+    status_command.add_argument(
+        "--prefix", default="public", help="schema of the tables (default public)"
+    )
+    status_command.add_argument(
+        "--json", action="store_true", help="print the status as JSON instead of tables"
+    )
+
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -199,17 +217,47 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_migrate(args: argparse.Namespace) -> int:
-    """Apply every pending migration to the schema and print the version reached."""
+def _database_from(args: argparse.Namespace) -> tuple[str, str] | None:
+    """Return the DSN and schema that the arguments name, or log why not and return None."""
     try:
         prefix = validate_prefix(args.prefix)
     except ConfigurationError as error:
         logger.error("%s", error)
-        return 2
+        return None
     dsn = args.dsn or os.environ.get("RELAY_ACTORS_DSN") or os.environ.get("DATABASE_URL")
     if not dsn:
         logger.error("no database given: pass --dsn, or set RELAY_ACTORS_DSN or DATABASE_URL")
+        return None
+    return dsn, prefix
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """Print the job counts and nodes of a schema, as tables or as JSON."""
+    database = _database_from(args)
+    if database is None:
         return 2
+    dsn, prefix = database
+    try:
+        with psycopg.connect(
+            dsn, autocommit=True, application_name="relay_actors status", connect_timeout=10
+        ) as conn:
+            status = read_status(conn, prefix)
+    except SchemaNotMigrated as error:
+        logger.error("%s", error)
+        return 2
+    except psycopg.OperationalError as error:
+        logger.error("cannot read the status from PostgreSQL: %s", error)
+        return 1
+    print(status_to_json(status) if args.json else status_to_text(status), end="")
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    """Apply every pending migration to the schema and print the version reached."""
+    database = _database_from(args)
+    if database is None:
+        return 2
+    dsn, prefix = database
     with psycopg.connect(dsn, autocommit=True, application_name="relay_actors migrate") as conn:
         applied = migrate(conn, prefix)
     print(
@@ -234,6 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_worker(args)
         if args.command == "migrate":
             return run_migrate(args)
+        if args.command == "status":
+            return run_status(args)
         from relay_actors.demo.run import run_demo
 
         # SIGTERM stops the demo like Ctrl-C, so its worker and server stop too.

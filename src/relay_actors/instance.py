@@ -49,6 +49,8 @@ START_TIMEOUT_SECONDS = 10.0
 FORGET_NODE_TIMEOUT_SECONDS = 2.0
 TICK_SECONDS = 0.1
 SUPERVISE_EVERY_TICKS = 10
+# How long a heartbeat waits for the actors' figures.
+HEARTBEAT_ASK_SECONDS = 1.0
 
 
 class Instance:
@@ -223,9 +225,33 @@ class Instance:
                     self._supervisor.slot(name).tell(Tick())
 
     def _heartbeat_statistics(self) -> dict[str, Any]:
+        """Return the figures written with each heartbeat, which `relay-actors status` shows.
+
+        Runs on the lifeline's thread. Every actor is asked at once, and one
+        that does not reply within HEARTBEAT_ASK_SECONDS (a producer inside a
+        slow claim) is left out of this heartbeat.
+        """
+        deadline = time.monotonic() + HEARTBEAT_ASK_SECONDS
+        producers = {
+            queue: producer.proxy().statistics()
+            for queue, producer in self._producers.items()
+            if producer.is_alive()
+        }
+        mailboxes = [mailbox.proxy().statistics() for mailbox in self.directory.mailboxes()]
+        queues: dict[str, dict[str, int]] = {}
+        for queue, future in producers.items():
+            figures = _reply(future, deadline)
+            if figures is not None:
+                queues[queue] = {"executors": figures["executors"], "busy": figures["busy"]}
+        pending = 0
+        for future in mailboxes:
+            figures = _reply(future, deadline)
+            pending += 0 if figures is None else figures["pending"]
         return {
             "mailboxes": len(self.directory),
             "restarts": self._supervisor.restarts(),
+            "pending_relays": pending,
+            "queues": queues,
         }
 
     def stop(self, grace: float | None = None) -> None:
@@ -406,6 +432,14 @@ class _MailboxHolder:
     def __init__(self, mailbox: pykka.ActorRef[Any]) -> None:
         self.mailbox = mailbox
         weakref.finalize(self, _stop_quietly, mailbox)
+
+
+def _reply(future: pykka.Future[Any], deadline: float) -> Any:
+    """Return the future's value, or None if the actor died or missed the deadline."""
+    try:
+        return future.get(timeout=max(0.0, deadline - time.monotonic()))
+    except (pykka.Timeout, pykka.ActorDeadError):
+        return None
 
 
 def _stop_quietly(mailbox: pykka.ActorRef[Any]) -> None:
