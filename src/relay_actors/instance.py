@@ -233,11 +233,9 @@ class Instance:
         """
         deadline = time.monotonic() + HEARTBEAT_ASK_SECONDS
         producers = {
-            queue: producer.proxy().statistics()
-            for queue, producer in self._producers.items()
-            if producer.is_alive()
+            queue: _ask_statistics(producer) for queue, producer in self._producers.items()
         }
-        mailboxes = [mailbox.proxy().statistics() for mailbox in self.directory.mailboxes()]
+        mailboxes = [_ask_statistics(mailbox) for mailbox in self.directory.mailboxes()]
         queues: dict[str, dict[str, int]] = {}
         for queue, future in producers.items():
             figures = _reply(future, deadline)
@@ -434,8 +432,18 @@ class _MailboxHolder:
         weakref.finalize(self, _stop_quietly, mailbox)
 
 
-def _reply(future: pykka.Future[Any], deadline: float) -> Any:
+def _ask_statistics(actor: pykka.ActorRef[Any]) -> pykka.Future[Any] | None:
+    """Ask an actor for its `statistics()`; return None if it has stopped."""
+    try:
+        return actor.proxy().statistics()  # type: ignore[no-any-return]
+    except pykka.ActorDeadError:
+        return None
+
+
+def _reply(future: pykka.Future[Any] | None, deadline: float) -> Any:
     """Return the future's value, or None if the actor died or missed the deadline."""
+    if future is None:
+        return None
     try:
         return future.get(timeout=max(0.0, deadline - time.monotonic()))
     except (pykka.Timeout, pykka.ActorDeadError):
