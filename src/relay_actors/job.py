@@ -5,11 +5,22 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic
 
 from relay_actors.errors import InvalidJobError
+
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:
+    # TypeVar defaults (PEP 696) arrived in typing with Python 3.13.
+    from typing_extensions import TypeVar
+
+# The result type of a job's worker. It defaults to Any, so a plain `Job`
+# annotation (`def perform(self, job: Job)`) needs no type argument.
+ResultT_co = TypeVar("ResultT_co", covariant=True, default=Any)
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
@@ -20,11 +31,14 @@ STATES = ("available", "scheduled", "executing", "retryable", "completed", "disc
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
+class Job(Generic[ResultT_co]):
     """A job row, before (`id` is None) or after its insert.
 
     `args` and `meta` are JSON objects. `attempt` is 0 until the first claim and 1
-    while the first attempt runs.
+    while the first attempt runs. The type argument is the result type of the
+    job's worker: `Double.new(...)` of a `Worker[int]` is a `Job[int]`, so
+    `Relay.async_` of it returns a `Relay[int]`. It exists only for type
+    checkers, and no field has that type.
     """
 
     worker: str

@@ -6,7 +6,7 @@ import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import psycopg
 import pykka
@@ -22,12 +22,15 @@ from relay_actors.plugin import RelayPlugin
 from relay_actors.results import Error, Ok
 
 T = TypeVar("T")
+# Relay is covariant in its result type, so relays of different workers mix in
+# one list: `await_many([Relay[int], Relay[str]])` returns `Ok[object] | Error` items.
+ResultT_co = TypeVar("ResultT_co", covariant=True)
 
 DEFAULT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class Relay(Generic[T]):
+class Relay(Generic[ResultT_co]):
     """Handle of an inserted job whose result can be awaited.
 
     Attributes:
@@ -39,7 +42,7 @@ class Relay(Generic[T]):
             so an await can tell an open or rolled-back insert from a slow job.
     """
 
-    job: Job
+    job: Job[ResultT_co]
     mailbox: pykka.ActorRef[Any]
     ref: uuid.UUID
     instance: str = DEFAULT_NAME
@@ -55,6 +58,18 @@ class Relay(Generic[T]):
             inline_results=inline_results,
             tracebacks=tracebacks,
         )
+
+    @overload
+    @staticmethod
+    def async_(
+        job: Job[T], /, *, instance: str | None = None, conn: psycopg.Connection[Any] | None = None
+    ) -> Relay[T]: ...
+
+    @overload
+    @staticmethod
+    def async_(
+        instance: str, job: Job[T], /, *, conn: psycopg.Connection[Any] | None = None
+    ) -> Relay[T]: ...
 
     @staticmethod
     def async_(
@@ -74,6 +89,22 @@ class Relay(Generic[T]):
         """
         name, jobs = _split_arguments("async_", args, instance, many=False)
         return _insert(get_instance(name), jobs, conn)[0]
+
+    @overload
+    @staticmethod
+    def async_many(
+        jobs: Sequence[Job[T]],
+        /,
+        *,
+        instance: str | None = None,
+        conn: psycopg.Connection[Any] | None = None,
+    ) -> list[Relay[T]]: ...
+
+    @overload
+    @staticmethod
+    def async_many(
+        instance: str, jobs: Sequence[Job[T]], /, *, conn: psycopg.Connection[Any] | None = None
+    ) -> list[Relay[T]]: ...
 
     @staticmethod
     def async_many(
@@ -100,11 +131,11 @@ class Relay(Generic[T]):
 
     @staticmethod
     def await_many(
-        relays: Sequence[Relay[Any]],
+        relays: Sequence[Relay[T]],
         timeout: float = DEFAULT_TIMEOUT,
         *,
         with_retries: bool = False,
-    ) -> list[Ok[Any] | Error]:
+    ) -> list[Ok[T] | Error]:
         """Await all relays by one shared deadline; return results in input order.
 
         Relays without a result at the deadline get `Error(Reason.TIMEOUT)`.

@@ -123,15 +123,19 @@ class Worker(Generic[T]):
         scheduled_at: datetime | None = None,
         meta: dict[str, Any] | None = None,
         tags: list[str] | tuple[str, ...] | None = None,
-    ) -> Job:
-        """Build an uninserted job for this worker, raising InvalidJobError if invalid."""
+    ) -> Job[T]:
+        """Build an uninserted job for this worker, raising InvalidJobError if invalid.
+
+        The job's type argument is the worker's result type, so type checkers
+        carry it through `Relay.async_` and `Relay.await_`.
+        """
         if scheduled_in is not None and scheduled_at is not None:
             both = f"scheduled_in ({scheduled_in!r}) and scheduled_at ({scheduled_at!r})"
             raise InvalidJobError([f"give one of {both}, not both"])
         if scheduled_in is not None:
             delay = validate_seconds("scheduled_in", scheduled_in)
             scheduled_at = datetime.now(UTC) + timedelta(seconds=delay)
-        job = Job(
+        job: Job[T] = Job(
             worker=cls.name,
             args=args,
             queue=cls.queue if queue is None else queue,
