@@ -16,12 +16,15 @@ Contract:
 
 - A handler runs on the thread that emits the event: an executor's thread
   for job events, the listener's thread for listener events, the awaiting
-  caller's thread for relay events. It delays that actor or caller for as
-  long as it runs, so it must be quick and must not block. Hand slow work
-  (network calls, disk writes) to a queue of your own.
-- A handler that raises is detached and logged once, with its id and the
-  traceback, and the event goes on to the other handlers. Nothing that a
-  handler raises reaches the actor that emitted the event.
+  caller's thread for relay events (with `relay_actors.aio`, the thread that
+  runs the awaiting code). It delays that actor or caller for as long as it
+  runs, so it must be quick and must not block. Hand slow work (network
+  calls, disk writes) to a queue of your own.
+- A handler that raises an `Exception` is detached and logged once, with its
+  id and the traceback, and the event goes on to the other handlers, so the
+  error never reaches the actor that emitted the event. Only a
+  `BaseException` that is not an `Exception` (`KeyboardInterrupt`,
+  `SystemExit`) propagates.
 - With no handler attached to an event, emitting it costs one dict lookup:
   the emit points check `enabled(event)` before they build any dict.
 - `attach` and `detach` are thread-safe and may run while events are emitted.
@@ -138,8 +141,9 @@ def enabled(event: Event) -> bool:
 def execute(event: Event, measurements: dict[str, Any], metadata: dict[str, Any]) -> None:
     """Call every handler attached to `event`, on this thread, in attach order.
 
-    A handler that raises is detached and logged; the others still run. This
-    never raises for a handler's error.
+    A handler that raises an `Exception` is detached and logged, and the
+    others still run, so the call raises only a handler's `BaseException`
+    that is not an `Exception`.
     """
     for handler_id, handler in _by_event.get(event, ()):
         try:
@@ -167,7 +171,7 @@ def _detach_failed(handler_id: str, handler: Handler, event: Event) -> None:
 
 
 def _rebuild() -> None:
-    """Replace `_by_event` from `_attached`; the caller holds `_lock`."""
+    """Replace `_by_event` with a fresh index of `_attached`. Call it with `_lock` acquired."""
     global _by_event
     by_event: dict[Event, list[tuple[str, Handler]]] = {}
     for handler_id, (names, handler) in _attached.items():

@@ -15,6 +15,7 @@ from relay_actors.actors.slot import ActorSlot
 from relay_actors.backoff import default_backoff
 from relay_actors.failures import JobTimeout, UnknownWorker
 from relay_actors.job import Job
+from relay_actors.telemetry import JOB_EXCEPTION, JOB_START, JOB_STOP, Event, enabled, execute
 from relay_actors.worker import lookup_worker
 
 logger = logging.getLogger("relay_actors.executor")
@@ -42,7 +43,11 @@ class ExecutorActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         if not isinstance(message, Execute):
-            logger.warning("executor dropped an unknown message %r", type(message))
+            logger.warning(
+                "executor dropped an unknown message %r",
+                type(message),
+                extra={"action": "unknown_message"},
+            )
             return None
         outcome = run_attempt(message.job, message.cancellation, self._prefix, self._node_id)
         if not self._acker.tell(Record(outcome)):
@@ -61,8 +66,18 @@ class ExecutorActor(pykka.ThreadingActor):
 def run_attempt(
     job: Job, cancellation: threading.Event, prefix: str, node_id: str
 ) -> AttemptOutcome:
-    """Run `perform` for one attempt of `job` and return its outcome; never raises."""
+    """Run `perform` for one attempt of `job` and return its outcome; never raises.
+
+    Emits the job start event first, and then either the stop event, or the
+    exception event when `perform` raised or its return value was invalid.
+    """
     started = time.monotonic()
+    if enabled(JOB_START):
+        execute(
+            JOB_START,
+            {"system_time": time.time(), "queue_wait": _queue_wait(job)},
+            _job_metadata(job, node_id),
+        )
     try:
         value = _perform(job, cancellation, node_id)
     except BaseException as error:  # noqa: BLE001 - a job must never stop its node
@@ -74,7 +89,10 @@ def run_attempt(
             type(error).__qualname__,
             extra={"action": "job_failed", "job_id": job.id, "queue": job.queue},
         )
-        return _outcome_of_failure(job, error, prefix, node_id)
+        outcome = _outcome_of_failure(job, error, prefix, node_id)
+        if enabled(JOB_EXCEPTION):
+            _emit_job_end(JOB_EXCEPTION, job, node_id, started, outcome, error)
+        return outcome
     logger.debug(
         "job %s attempt %s finished in %.1f ms",
         job.id,
@@ -83,9 +101,53 @@ def run_attempt(
         extra={"action": "job_finished", "job_id": job.id},
     )
     try:
-        return from_return(job, value, prefix, node_id)
+        outcome = from_return(job, value, prefix, node_id)
     except Exception as error:  # noqa: BLE001 - e.g. a marker whose reason is not JSON
-        return _outcome_of_failure(job, error, prefix, node_id)
+        outcome = _outcome_of_failure(job, error, prefix, node_id)
+        if enabled(JOB_EXCEPTION):
+            _emit_job_end(JOB_EXCEPTION, job, node_id, started, outcome, error)
+        return outcome
+    if enabled(JOB_STOP):
+        _emit_job_end(JOB_STOP, job, node_id, started, outcome, None)
+    return outcome
+
+
+def _queue_wait(job: Job) -> float | None:
+    """Return the seconds from when the job was due to its claim, on the database's clock."""
+    if job.attempted_at is None or job.scheduled_at is None:
+        return None
+    return (job.attempted_at - job.scheduled_at).total_seconds()
+
+
+def _job_metadata(job: Job, node_id: str) -> dict[str, Any]:
+    return {
+        "job_id": job.id,
+        "queue": job.queue,
+        "worker": job.worker,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "node": node_id,
+    }
+
+
+def _emit_job_end(
+    event: Event,
+    job: Job,
+    node_id: str,
+    started: float,
+    outcome: AttemptOutcome,
+    error: BaseException | None,
+) -> None:
+    """Emit the stop or exception `event` of an attempt that ended with `outcome`."""
+    measurements = {"duration": time.monotonic() - started, "queue_wait": _queue_wait(job)}
+    metadata = _job_metadata(job, node_id)
+    metadata["state"] = outcome.state
+    if error is not None:
+        kind = type(error)
+        metadata["error_type"] = f"{kind.__module__}.{kind.__qualname__}"
+        metadata["error"] = error
+        metadata["retry"] = outcome.state == "retryable"
+    execute(event, measurements, metadata)
 
 
 def _outcome_of_failure(
@@ -95,7 +157,11 @@ def _outcome_of_failure(
     try:
         return from_exception(job, error, prefix, node_id)
     except Exception as second:
-        logger.exception("describing the failure of job %s failed", job.id)
+        logger.exception(
+            "describing the failure of job %s failed",
+            job.id,
+            extra={"action": "describe_failed", "job_id": job.id},
+        )
         return failed_attempt(
             job_id=job.id or 0,
             queue=job.queue,

@@ -15,6 +15,7 @@ from relay_actors.actors.directory import MailboxDirectory
 from relay_actors.actors.messages import CancelRunning, Deliver, Poll, Recheck, Wake
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.store.connect import connect
+from relay_actors.telemetry import LISTENER_CONNECTED, LISTENER_DISCONNECTED, enabled, execute
 from relay_actors.wire import Entry, EnvelopeError, parse_control, parse_payload, verify_entry
 
 logger = logging.getLogger("relay_actors.listener")
@@ -94,6 +95,7 @@ class ListenerActor(pykka.ThreadingActor):
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._reconnect_delay = RECONNECT_MIN_SECONDS
         self._down_since: float | None = None
+        self._connected_at = 0.0
         self._malformed = _RateLimitedWarning("bad_notification")
         self._next_connect_at = 0.0
         self.unroutable = 0
@@ -106,15 +108,31 @@ class ListenerActor(pykka.ThreadingActor):
         self.actor_ref.tell(Poll())
 
     def on_stop(self) -> None:
-        self._close()
+        self._close("stopped", None)
 
     def on_failure(self, *exc_info: Any) -> None:
-        self._close()
+        self._close("crashed", exc_info[1] if len(exc_info) > 1 else None)
 
-    def _close(self) -> None:
+    def _close(self, reason: str, error: BaseException | None) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+            logger.info(
+                "listener for node %s closed its connection: %s",
+                self._node_id,
+                reason,
+                extra={"action": "listener_closed", "node": self._node_id},
+            )
+            self._emit_disconnected(reason, error)
+
+    def _emit_disconnected(self, reason: str, error: BaseException | None) -> None:
+        """Emit the disconnected event; `reason` is "connection_lost", "stopped" or "crashed"."""
+        if enabled(LISTENER_DISCONNECTED):
+            execute(
+                LISTENER_DISCONNECTED,
+                {"uptime": time.monotonic() - self._connected_at},
+                {"node": self._node_id, "reason": reason, "error": error},
+            )
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Poll):
@@ -152,16 +170,29 @@ class ListenerActor(pykka.ThreadingActor):
         self._conn = conn
         self._reconnect_delay = RECONNECT_MIN_SECONDS
         self.connects += 1
+        self._connected_at = time.monotonic()
+        downtime = None
         if self._down_since is not None:
+            downtime = self._connected_at - self._down_since
             logger.warning(
                 "listener for node %s reconnected after %.1f s",
                 self._node_id,
-                time.monotonic() - self._down_since,
+                downtime,
                 extra={"action": "listener_reconnected", "node": self._node_id},
             )
             self._down_since = None
         else:
-            logger.debug("listener for node %s connected", self._node_id)
+            logger.info(
+                "listener for node %s connected",
+                self._node_id,
+                extra={"action": "listener_connected", "node": self._node_id},
+            )
+        if enabled(LISTENER_CONNECTED):
+            execute(
+                LISTENER_CONNECTED,
+                {"downtime": downtime, "connects": self.connects},
+                {"node": self._node_id},
+            )
         # Notifications sent while no listener was connected are lost, both
         # during an outage and while a crashed listener was restarted: every
         # producer claims once, and every pending relay's row is read again.
@@ -194,6 +225,7 @@ class ListenerActor(pykka.ThreadingActor):
             )
             self._conn.close()
             self._conn = None
+            self._emit_disconnected("connection_lost", error)
 
     def _handle(self, channel: str, payload: str) -> None:
         # Any session of the database can send to these channels, so no
@@ -249,7 +281,11 @@ class ListenerActor(pykka.ThreadingActor):
             if mailbox is None:
                 # The caller's thread ended; an await from another thread reads the row.
                 self.unroutable += 1
-                logger.debug("no mailbox for relay %s; its result stays on the row", entry.ref)
+                logger.debug(
+                    "no mailbox for relay %s; its result stays on the row",
+                    entry.ref,
+                    extra={"action": "relay_unroutable", "ref": entry.ref},
+                )
                 continue
             targets.setdefault(mailbox.actor_urn, (mailbox, []))[1].append(entry)
         for mailbox, group in targets.values():
