@@ -77,7 +77,11 @@ class EmbeddedServer:
         try:
             server.cleanup()
         except (OSError, subprocess.SubprocessError) as error:
-            logger.warning("stopping the embedded PostgreSQL failed: %s", error)
+            logger.warning(
+                "stopping the embedded PostgreSQL failed: %s",
+                error,
+                extra={"action": "embedded_stop_failed"},
+            )
         shutil.rmtree(self._directory, ignore_errors=True)
         logger.info("embedded PostgreSQL stopped", extra={"action": "embedded_stop"})
 

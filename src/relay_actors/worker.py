@@ -207,7 +207,9 @@ def register_worker(cls: type[Worker[Any]]) -> None:
         _registry[cls.name] = cls
     if previous is not None and previous is not cls:
         logger.debug(
-            "worker %s registered again; the newest class replaces the previous one", cls.name
+            "worker %s registered again; the newest class replaces the previous one",
+            cls.name,
+            extra={"action": "worker_replaced"},
         )
 
 

@@ -103,7 +103,11 @@ class AckerActor(pykka.ThreadingActor):
                 future.set(None)
             return future
         else:
-            logger.warning("acker dropped an unknown message %r", type(message))
+            logger.warning(
+                "acker dropped an unknown message %r",
+                type(message),
+                extra={"action": "unknown_message"},
+            )
         return None
 
     def statistics(self) -> dict[str, int]:
@@ -126,11 +130,19 @@ class AckerActor(pykka.ThreadingActor):
             except Exception as error:  # noqa: BLE001 - one bad outcome must not block others
                 # Not a connection problem, so retrying the same batch would
                 # fail again: find the outcomes at fault one by one.
-                logger.error("recording a batch of outcomes failed: %s", error)
+                logger.error(
+                    "recording a batch of outcomes failed: %s",
+                    error,
+                    extra={"action": "record_batch_failed"},
+                )
                 try:
                     self._write_one_by_one(batch)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as lost:
-                    logger.warning("recording outcomes failed, retrying on the next tick: %s", lost)
+                    logger.warning(
+                        "recording outcomes failed, retrying on the next tick: %s",
+                        lost,
+                        extra={"action": "record_failed"},
+                    )
                     self._close()
                     return
             del self._batch[: len(batch)]

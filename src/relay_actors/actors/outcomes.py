@@ -135,7 +135,11 @@ def _backoff(job: Job) -> float:
     try:
         delay = float(worker_class().backoff(job))
     except Exception:
-        logger.exception("backoff of worker %s raised; using the default", job.worker)
+        logger.exception(
+            "backoff of worker %s raised; using the default",
+            job.worker,
+            extra={"action": "backoff_failed", "job_id": job.id},
+        )
         return default_backoff(job.attempt)
     return delay if delay >= 0 else 0.0
 

@@ -53,7 +53,12 @@ class PeriodicActor(pykka.ThreadingActor):
         return self.receive_other(message)
 
     def receive_other(self, message: Any) -> Any:
-        logger.warning("%s dropped an unknown message %r", self.role, type(message))
+        logger.warning(
+            "%s dropped an unknown message %r",
+            self.role,
+            type(message),
+            extra={"action": "unknown_message"},
+        )
         return None
 
     def run_now(self) -> None:
@@ -77,7 +82,12 @@ class PeriodicActor(pykka.ThreadingActor):
             self._close()
             return
         if self._failing:
-            logger.info("%s on node %s works again", self.role, self.node_id)
+            logger.info(
+                "%s on node %s works again",
+                self.role,
+                self.node_id,
+                extra={"action": f"{self.role}_recovered", "node": self.node_id},
+            )
             self._failing = False
         self.runs += 1
 
