@@ -109,7 +109,11 @@ def attach(handler_id: str, events: Iterable[Event], handler: Handler) -> None:
 
 
 def detach(handler_id: str) -> bool:
-    """Detach the handler attached under `handler_id`; return False if none was."""
+    """Detach the handler attached under `handler_id`; return False if none was.
+
+    An emit that had already started on another thread may still call the
+    handler once after this returns, because emitters read no lock.
+    """
     with _lock:
         if _attached.pop(handler_id, None) is None:
             return False
