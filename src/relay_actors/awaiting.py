@@ -1,4 +1,9 @@
-"""Awaiting relays: one shared deadline, mailbox futures first, the row as the truth."""
+"""Awaiting relays: one shared deadline, mailbox futures first, the row as the truth.
+
+`wait_for_results` holds the logic and yields the steps that may block (see
+`await_steps`), so the blocking calls here and the coroutines of
+`relay_actors.aio` share it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,14 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pykka
 
 from relay_actors.actors.messages import READ_ROW, AwaitRefs, Forget
+from relay_actors.await_steps import Ask, Call, Collect, Pause, Step, run_blocking
 from relay_actors.errors import ConfigurationError, RelayNotCommitted
 from relay_actors.instance import Instance
 from relay_actors.instances import get_instance
@@ -66,7 +72,7 @@ class _Wait:
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
-    def ask(self, indexes: Sequence[int]) -> None:
+    def ask(self, indexes: Sequence[int]) -> Generator[Step, Any, None]:
         """Ask each relay's mailbox for a future; a stopped mailbox's refs move to this thread's."""
         groups: dict[str, tuple[pykka.ActorRef[Any], list[int]]] = {}
         for index in indexes:
@@ -79,10 +85,10 @@ class _Wait:
             message = AwaitRefs(items, self.with_retries)
             try:
                 try:
-                    futures = mailbox.ask(message, timeout=max(self.remaining(), ASK_MIN_SECONDS))
+                    futures = yield Ask(mailbox, message, max(self.remaining(), ASK_MIN_SECONDS))
                 except pykka.ActorDeadError:
                     mailbox = self.instances[group[0]].mailbox()
-                    futures = mailbox.ask(message, timeout=max(self.remaining(), ASK_MIN_SECONDS))
+                    futures = yield Ask(mailbox, message, max(self.remaining(), ASK_MIN_SECONDS))
             except pykka.Timeout:
                 for index in group:
                     self.results[index] = Error(Reason.TIMEOUT)
@@ -91,7 +97,7 @@ class _Wait:
                 self.futures[index] = future
                 self.mailboxes[index] = mailbox
 
-    def check_transactions(self) -> list[int]:
+    def check_transactions(self) -> Generator[Step, Any, list[int]]:
         """Settle relays inserted in a rolled-back transaction; return the others' indexes.
 
         Raises:
@@ -102,10 +108,9 @@ class _Wait:
             if relay.xid is None:
                 to_ask.append(index)
                 continue
+            arguments = (self.instances[index], relay.xid, max(self.remaining(), POOL_MIN_SECONDS))
             try:
-                status = _transaction_status(
-                    self.instances[index], relay.xid, max(self.remaining(), POOL_MIN_SECONDS)
-                )
+                status = yield Call(_transaction_status, arguments)
             except PoolTimeout:
                 self.results[index] = Error(Reason.TIMEOUT)
                 continue
@@ -128,7 +133,9 @@ class _Wait:
             )
         return job_id
 
-    def collect(self, block: bool) -> tuple[list[int], list[tuple[int, Delivery]]]:
+    def collect(
+        self, block: bool
+    ) -> Generator[Step, Any, tuple[list[int], list[tuple[int, Delivery]]]]:
         """Take resolved futures, settling what they carry.
 
         Returns the indexes whose mailbox had no record (read their rows), and
@@ -136,11 +143,8 @@ class _Wait:
         """
         read_rows: list[int] = []
         in_row: list[tuple[int, Delivery]] = []
-        for index in list(self.futures):
-            try:
-                value = self.futures[index].get(timeout=self.remaining() if block else 0)
-            except pykka.Timeout:
-                continue
+        values = yield Collect(dict(self.futures), self.remaining() if block else 0.0)
+        for index, value in values.items():
             del self.futures[index]
             if value is READ_ROW:
                 read_rows.append(index)
@@ -150,19 +154,17 @@ class _Wait:
                 self.results[index] = to_await_result(value)
         return read_rows, in_row
 
-    def read_rows(self, indexes: Sequence[int]) -> list[int]:
+    def read_rows(self, indexes: Sequence[int]) -> Generator[Step, Any, list[int]]:
         """Settle relays from their rows; return the indexes with no acceptable outcome yet."""
         unsettled: list[int] = []
         by_instance: dict[int, list[int]] = defaultdict(list)
         for index in indexes:
             by_instance[id(self.instances[index])].append(index)
         for group in by_instance.values():
+            job_ids = [self._job_id(i) for i in group]
+            timeout = max(self.remaining(), POOL_MIN_SECONDS)
             try:
-                rows = _read_outcomes(
-                    self.instances[group[0]],
-                    [self._job_id(i) for i in group],
-                    max(self.remaining(), POOL_MIN_SECONDS),
-                )
+                rows = yield Call(_read_outcomes, (self.instances[group[0]], job_ids, timeout))
             except (psycopg.OperationalError, PoolTimeout) as error:
                 # The database is unreachable or every connection is busy: keep
                 # waiting on the mailbox, which the safety-net poll fills later.
@@ -172,7 +174,7 @@ class _Wait:
                     extra={"action": "read_rows_failed"},
                 )
                 unsettled.extend(group)
-                time.sleep(min(ROW_RETRY_SECONDS, self.remaining()))
+                yield Pause(min(ROW_RETRY_SECONDS, self.remaining()))
                 continue
             for index in group:
                 row = rows.get(self._job_id(index))
@@ -218,24 +220,40 @@ def _read_outcomes(
 
 
 def await_relays(relays: Sequence[Relay[Any]], timeout: float, with_retries: bool) -> list[Result]:
-    """Return one result per relay, in order, by one shared deadline `timeout` seconds away."""
+    """Return one result per relay, in order, by one shared deadline `timeout` seconds away.
+
+    Blocks the calling thread, whose mailbox takes over relays whose own mailbox stopped.
+    """
+    return run_blocking(wait_for_results(relays, timeout, with_retries))
+
+
+def wait_for_results(
+    relays: Sequence[Relay[Any]], timeout: float, with_retries: bool
+) -> Generator[Step, Any, list[Result]]:
+    """Yield the steps of awaiting `relays` by one deadline; return one result per relay.
+
+    If the generator is closed early (its caller was interrupted or its task
+    cancelled), the mailboxes drop its waiting futures, and the jobs run on.
+    """
     started = time.monotonic()
     deadline = started + validate_timeout(timeout)
     wait = _Wait(relays, deadline, with_retries)
-    wait.ask(wait.check_transactions())
-    block = False
-    while wait.futures:
-        read_rows, in_row = wait.collect(block)
-        if in_row:
-            settled = wait.read_rows([index for index, _ in in_row])
-            # A row that shows no outcome yet is rare (a newer attempt started): wait again.
-            wait.ask(settled)
-        if read_rows:
-            wait.ask(wait.read_rows(read_rows))
-        if block and wait.remaining() <= 0:
-            break
-        block = not read_rows and not in_row
-    wait.give_up()
+    try:
+        yield from wait.ask((yield from wait.check_transactions()))
+        block = False
+        while wait.futures:
+            read_rows, in_row = yield from wait.collect(block)
+            if in_row:
+                settled = yield from wait.read_rows([index for index, _ in in_row])
+                # A row that shows no outcome yet is rare (a newer attempt started): wait again.
+                yield from wait.ask(settled)
+            if read_rows:
+                yield from wait.ask((yield from wait.read_rows(read_rows)))
+            if block and wait.remaining() <= 0:
+                break
+            block = not read_rows and not in_row
+    finally:
+        wait.give_up()
     results = [result if result is not None else Error(Reason.TIMEOUT) for result in wait.results]
     if enabled(RELAY_DELIVERED) or enabled(RELAY_TIMEOUT):
         _emit_relay_events(relays, results, time.monotonic() - started)
