@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import pykka
 from psycopg.types.json import Jsonb
@@ -37,7 +37,12 @@ from relay_actors.inserting import InsertCombiner
 from relay_actors.job import Job
 from relay_actors.names import control_channel, insert_channel, make_node_id, relay_channel
 from relay_actors.options import Options
-from relay_actors.store.connect import ConnectionPool, connect
+from relay_actors.store.connect import (
+    ConnectionPool,
+    connect,
+    is_pooled,
+    warn_without_statement_timeout,
+)
 from relay_actors.store.migrations import migrate
 from relay_actors.store.statements import Statements, statements_for
 from relay_actors.supervision import Supervisor
@@ -58,6 +63,10 @@ class Instance:
 
     Use it as a context manager, or call `stop()`, to stop it.
     """
+
+    # True for an instance that runs jobs on the inserting thread, without a
+    # database (start(testing="inline")).
+    inline: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -100,6 +109,8 @@ class Instance:
         """Migrate the schema, register the node, then start every actor and the ticker."""
         with connect(self.dsn, "migrator", self.node_id) as conn:
             migrate(conn, self.prefix)
+            if is_pooled(self.dsn):
+                warn_without_statement_timeout(conn, self.node_id)
             conn.execute(
                 self.statements.upsert_node,
                 {
@@ -161,7 +172,7 @@ class Instance:
         listener = start(
             "listener",
             lambda: ListenerActor.start(
-                dsn=self.dsn,
+                dsn=options.listen_dsn or self.dsn,
                 node_id=self.node_id,
                 insert_channel=self.insert_channel,
                 relay_channel=self.relay_channel,

@@ -38,6 +38,12 @@ class Options:
             (synchronous_commit = off). A claim lost in a PostgreSQL crash
             makes its job claimable again, so an attempt that was running
             may run a second time. Recorded outcomes stay durable.
+        pgbouncer: every connection but the listener's goes through PgBouncer
+            in transaction pooling mode, so none keeps session state: no
+            prepared statements, no session settings.
+        listen_dsn: DSN of the listener's connection, which must reach
+            PostgreSQL directly or through session pooling, because LISTEN
+            does not work through transaction pooling. None uses the `dsn`.
     """
 
     queues: Mapping[str, int]
@@ -54,6 +60,8 @@ class Options:
     prune_interval: float = 60.0
     secret: bytes | None = None
     relaxed_claims: bool = False
+    pgbouncer: bool = False
+    listen_dsn: str | None = None
 
     def __post_init__(self) -> None:
         _check_queues(self.queues)
@@ -79,15 +87,42 @@ class Options:
                 f"invalid secret: give at least {MIN_SECRET_BYTES} bytes of random data, "
                 "the same on every node, for example secrets.token_hex(32)"
             )
-        if not isinstance(self.relaxed_claims, bool):
+        for name in ("relaxed_claims", "pgbouncer"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigurationError(
+                    f"invalid {name} {getattr(self, name)!r}: give True or False"
+                )
+        if self.listen_dsn is not None and (
+            not isinstance(self.listen_dsn, str) or not self.listen_dsn
+        ):
             raise ConfigurationError(
-                f"invalid relaxed_claims {self.relaxed_claims!r}: give True or False"
+                f"invalid listen_dsn {self.listen_dsn!r}: give a PostgreSQL DSN, or None"
+            )
+        if self.pgbouncer and self.listen_dsn is None:
+            raise ConfigurationError(
+                "pgbouncer=True needs listen_dsn='postgresql://...', a DSN that reaches "
+                "PostgreSQL directly, because LISTEN does not work through transaction pooling"
             )
         if self.rescue_after <= 2 * self.heartbeat_interval:
             raise ConfigurationError(
                 f"rescue_after ({self.rescue_after} s) must exceed twice heartbeat_interval "
                 f"({self.heartbeat_interval} s), or live nodes would lose their jobs"
             )
+
+    @property
+    def max_connections(self) -> int:
+        """Maximum number of PostgreSQL connections that a node with these options keeps open.
+
+        Every node has a listener, an acker (connected once it records an
+        outcome), a result poller and a lifeline. A node that runs queues adds
+        a stager, a pruner and one producer per queue. Caller threads share at
+        most `pool_size` more. A short-lived migrator connection opens and
+        closes at start, before the others.
+        """
+        fixed = 4
+        if self.queues:
+            fixed += 2 + len(self.queues)
+        return fixed + self.pool_size
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:

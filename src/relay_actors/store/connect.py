@@ -51,18 +51,64 @@ def resolve_dsn(dsn: str | None) -> str:
     )
 
 
+class PooledDsn(str):
+    """A DSN that leads to PgBouncer in transaction pooling mode.
+
+    Each transaction may run on another server connection, which other
+    clients share, so `connect()` gives such connections no session state:
+    no server-side prepared statements and no `options` startup parameter,
+    which PgBouncer rejects unless `ignore_startup_parameters` lists it.
+    The type travels with the DSN into every actor that opens connections.
+    """
+
+    __slots__ = ()
+
+
+def is_pooled(dsn: str) -> bool:
+    """Tell whether connections to `dsn` go through PgBouncer in transaction pooling mode."""
+    return isinstance(dsn, PooledDsn)
+
+
 def connect(dsn: str, role: str, node_id: str) -> psycopg.Connection[tuple[object, ...]]:
-    """Open an autocommit connection named after its role and node in pg_stat_activity."""
+    """Open an autocommit connection named after its role and node in pg_stat_activity.
+
+    A direct connection sets statement_timeout for its session. A connection
+    to a `PooledDsn` cannot, so it gets the timeout of the server's role or
+    database settings, and psycopg prepares no statements on it.
+    """
     application_name = f"relay_actors {role} {node_id}"[:63]
     params: dict[str, object] = {
         "autocommit": True,
         "application_name": application_name,
         "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-        "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
     }
+    if is_pooled(dsn):
+        params["prepare_threshold"] = None
+    else:
+        params["options"] = f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
     if not _is_unix_socket(dsn):
         params.update(_TCP_SETTINGS)
     return psycopg.connect(dsn, **params)  # type: ignore[arg-type]
+
+
+def warn_without_statement_timeout(
+    conn: psycopg.Connection[tuple[object, ...]], node_id: str
+) -> None:
+    """Log a warning if a pooled connection runs statements without a statement_timeout.
+
+    Through PgBouncer the node cannot set the timeout per session, and
+    without one a claim or a write that waits on a lock can block its actor
+    for as long as the lock is held.
+    """
+    row = conn.execute("SHOW statement_timeout").fetchone()
+    if row is not None and row[0] == "0":
+        logger.warning(
+            "node %s connects through PgBouncer and the server's statement_timeout is 0, so "
+            "its statements never time out; set one for the role, for example ALTER ROLE "
+            "name SET statement_timeout = '30s'",
+            node_id,
+            extra={"action": "no_statement_timeout", "node": node_id},
+        )
 
 
 def _is_unix_socket(dsn: str) -> bool:
@@ -163,6 +209,11 @@ class ConnectionPool:
                 conn.close()
                 self._opened -= 1
             self._condition.notify()
+
+    def statistics(self) -> dict[str, int]:
+        """Return the connections open (idle or lent), idle, and the maximum."""
+        with self._condition:
+            return {"open": self._opened, "idle": len(self._idle), "max_size": self._max_size}
 
     def close(self) -> None:
         """Close every idle connection; connections in use close when released."""
