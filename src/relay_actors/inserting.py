@@ -22,35 +22,29 @@ def execute_insert(
     jobs: list[Job],
     metas: list[dict[str, Any]],
 ) -> list[Row]:
-    """Insert the jobs; return (id, state, inserted_at, scheduled_at) per job, in input order."""
-    if len(jobs) == 1:
-        job = jobs[0]
-        params = {
+    """Insert the jobs; return (id, state, inserted_at, scheduled_at) per job, in input order.
+
+    Rows are matched to jobs by the relay ref in each job's meta, so every job
+    of a batch of two or more needs one. A batch of one needs none.
+    """
+    documents = [
+        {
             "queue": job.queue,
             "worker": job.worker,
-            "args": Jsonb(job.args),
-            "meta": Jsonb(metas[0]),
+            "args": job.args,
+            "meta": meta,
             "tags": list(job.tags),
             "max_attempts": job.max_attempts,
             "priority": job.priority,
-            "scheduled_at": job.scheduled_at,
-            "channel": channel,
+            "scheduled_at": None if job.scheduled_at is None else job.scheduled_at.isoformat(),
         }
-        row = conn.execute(statements.insert_one, params).fetchone()
-        assert row is not None  # an INSERT ... RETURNING of one row returns it
-        return [row[:4]]
-    params = {
-        "queue": [job.queue for job in jobs],
-        "worker": [job.worker for job in jobs],
-        "args": [Jsonb(job.args) for job in jobs],
-        "meta": [Jsonb(meta) for meta in metas],
-        "tags": [Jsonb(list(job.tags)) for job in jobs],
-        "max_attempts": [job.max_attempts for job in jobs],
-        "priority": [job.priority for job in jobs],
-        "scheduled_at": [job.scheduled_at for job in jobs],
-        "channel": channel,
-    }
-    by_ref = {row[4]: row[:4] for row in conn.execute(statements.insert_many, params).fetchall()}
+        for job, meta in zip(jobs, metas, strict=True)
+    ]
+    params = {"jobs": Jsonb(documents), "channel": channel}
+    rows = conn.execute(statements.insert, params).fetchall()
+    if len(jobs) == 1:
+        return [rows[0][:4]]
+    by_ref = {row[4]: row[:4] for row in rows}
     return [by_ref[meta["relay"]["ref"]] for meta in metas]
 
 

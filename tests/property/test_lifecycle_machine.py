@@ -1,7 +1,7 @@
 """A state machine of the job lifecycle, driven through the library's own SQL on PostgreSQL.
 
 The machine inserts jobs with `Relay.async_`, `async_many` or the
-`insert_one` statement. It claims them with the `claim` statement as two fake
+`insert` statement. It claims them with the `claim` statement as two fake
 nodes: one with a fresh heartbeat, one without a node row. It records
 outcomes through a real `AckerActor`, cancels through `Instance.cancel_job`,
 stages due jobs and rescues the dead node's jobs with `find_orphans`. A model
@@ -39,6 +39,7 @@ from relay_actors import Instance, Job, Relay
 from relay_actors.actors.acker import AckerActor
 from relay_actors.actors.messages import Record, Sync
 from relay_actors.actors.outcomes import failed_attempt, from_return, relay_target
+from relay_actors.inserting import execute_insert
 from relay_actors.markers import Cancel, Discard, Snooze
 from relay_actors.store.statements import statements_for
 from tests.workers import Echo
@@ -146,21 +147,9 @@ class JobLifecycle(RuleBasedStateMachine):
             job_id = relay.job.id
             state = relay.job.state
         else:
-            row = self.conn.execute(
-                self.statements.insert_one,
-                {
-                    "queue": job.queue,
-                    "worker": job.worker,
-                    "args": Jsonb(job.args),
-                    "meta": Jsonb({}),
-                    "tags": [],
-                    "max_attempts": job.max_attempts,
-                    "priority": job.priority,
-                    "scheduled_at": job.scheduled_at,
-                    "channel": self.instance.insert_channel,
-                },
-            ).fetchone()
-            assert row is not None
+            (row,) = execute_insert(
+                self.statements, self.instance.insert_channel, self.conn, [job], [{}]
+            )
             job_id, state = row[0], row[1]
         assert job_id is not None
         assert state == ("scheduled" if scheduled else "available")

@@ -191,23 +191,17 @@ class AckerActor(pykka.ThreadingActor):
         batch = list({(o.job_id, o.attempt): o for o in reversed(outcomes)}.values())[::-1]
         notifications = self._notifications(batch)
         params = {
-            "id": [outcome.job_id for outcome in batch],
-            "attempt": [outcome.attempt for outcome in batch],
-            "state": [outcome.state for outcome in batch],
-            "outcome": [outcome.status if outcome.relay else None for outcome in batch],
-            "result": [outcome.result for outcome in batch],
-            "delay": [float(outcome.delay) for outcome in batch],
-            "extra_attempts": [outcome.extra_attempts for outcome in batch],
-            "error": [Jsonb(outcome.error) if outcome.error else None for outcome in batch],
-            "meta_patch": [
-                Jsonb(outcome.meta_patch) if outcome.meta_patch else None for outcome in batch
-            ],
-            "channel": [channel for channel, _, _ in notifications],
-            "payload": [payload for _, payload, _ in notifications],
-            "ids": [
-                ",".join(f"{job_id}:{attempt}" for job_id, attempt in ids)
-                for _, _, ids in notifications
-            ],
+            "outcomes": Jsonb([_outcome_document(outcome) for outcome in batch]),
+            "notifications": Jsonb(
+                [
+                    {
+                        "channel": channel,
+                        "payload": payload,
+                        "ids": ",".join(f"{job_id}:{attempt}" for job_id, attempt in ids),
+                    }
+                    for channel, payload, ids in notifications
+                ]
+            ),
         }
         rows = self._conn.execute(self._statements.record, params).fetchall()
         changed = {(row[0], row[1]) for row in rows}
@@ -268,3 +262,18 @@ class AckerActor(pykka.ThreadingActor):
         for queue, ids in wakes.items():
             notifications.append((self._insert_channel, queue, ids))
         return notifications
+
+
+def _outcome_document(outcome: AttemptOutcome) -> dict[str, Any]:
+    """Return the outcome as a JSON object for the record statement's batch."""
+    return {
+        "id": outcome.job_id,
+        "attempt": outcome.attempt,
+        "state": outcome.state,
+        "outcome": outcome.status if outcome.relay else None,
+        "result": None if outcome.result is None else "\\x" + outcome.result.hex(),
+        "delay": float(outcome.delay),
+        "extra_attempts": outcome.extra_attempts,
+        "error": outcome.error or None,
+        "meta_patch": outcome.meta_patch or None,
+    }
