@@ -116,7 +116,11 @@ def _queue_wait(job: Job) -> float | None:
     """Return the seconds from when the job was due to its claim, on the database's clock."""
     if job.attempted_at is None or job.scheduled_at is None:
         return None
-    return (job.attempted_at - job.scheduled_at).total_seconds()
+    # Both times come from now(), which PostgreSQL fixes when a transaction
+    # starts, not when its snapshot is taken. A claim that started just before
+    # the insert, yet saw its row, records an attempted_at a few milliseconds
+    # before scheduled_at, so the wait is clamped at zero.
+    return max(0.0, (job.attempted_at - job.scheduled_at).total_seconds())
 
 
 def _job_metadata(job: Job, node_id: str) -> dict[str, Any]:
