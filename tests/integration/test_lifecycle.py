@@ -146,9 +146,11 @@ def test_priority_sets_run_order(
     assert Relay.await_(blocker, timeout=RESULT_TIMEOUT) == Ok("released")
     assert Relay.await_many(relays, timeout=RESULT_TIMEOUT) == [Ok(p) for p in priorities]
 
-    query = sql.SQL("SELECT priority FROM {} WHERE id = ANY(%s) ORDER BY attempted_at, id").format(
-        sql.Identifier(prefix, "jobs")
-    )
+    # Jobs claimed together share attempted_at and start in the claim's order,
+    # which is by priority.
+    query = sql.SQL(
+        "SELECT priority FROM {} WHERE id = ANY(%s) ORDER BY attempted_at, priority, id"
+    ).format(sql.Identifier(prefix, "jobs"))
     ids = [relay.job.id for relay in relays]
     run_order = [row[0] for row in db.execute(query, (ids,)).fetchall()]
     assert run_order == list(range(10))

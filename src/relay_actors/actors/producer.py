@@ -25,21 +25,34 @@ from relay_actors.actors.messages import (
 )
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.job import Job
+from relay_actors.names import insert_channel
 from relay_actors.store.connect import connect, is_pooled
 from relay_actors.store.statements import statements_for
 
 logger = logging.getLogger("relay_actors.producer")
 
 EXECUTOR_STOP_SECONDS = 1.0
+# Jobs are claimed ahead of free executors only while attempts take less than
+# this on average. Then a claim's round trip and commit, about 1 ms, is a large
+# share of each job's time, and jobs held back from other nodes start soon.
+PREFETCH_MAX_SECONDS = 0.02
+# Weight of the newest attempt in the running mean of attempt durations.
+DURATION_WEIGHT = 0.2
 
 
 class ProducerActor(pykka.ThreadingActor):
-    """Claims available jobs of one queue, up to the number of idle executors.
+    """Claims available jobs of one queue for its pool of executors.
 
     Wake-ups (inserts, ticks, executors becoming idle) are coalesced: any
     number of them queued together lead to one claim. Claiming runs on this
     actor's thread with a statement timeout, so the inbox never waits forever.
     Between wake-ups the producer polls every `poll_interval` seconds.
+
+    While attempts are short, a claim also takes up to one job per executor
+    ahead of need, so a freed executor starts its next job without waiting
+    for a claim, and claims take many jobs each. Those prefetched jobs are
+    returned to the queue, with their attempt not counted, when the producer
+    drains.
     """
 
     use_daemon_thread = True
@@ -70,6 +83,9 @@ class ProducerActor(pykka.ThreadingActor):
         self._executors: list[pykka.ActorRef[Any]] = []
         self._idle: deque[pykka.ActorRef[Any]] = deque()
         self._running: dict[str, tuple[Job, threading.Event]] = {}
+        self._started_at: dict[str, float] = {}
+        self._ready: deque[Job] = deque()
+        self._mean_duration: float | None = None
         self._want_claim = True
         self._claim_queued = False
         self._next_poll = 0.0
@@ -116,8 +132,12 @@ class ProducerActor(pykka.ThreadingActor):
             for job, cancellation in self._running.values():
                 if job.id == message.job_id:
                     cancellation.set()
+            # A cancelled job that waits for an executor is already cancelled
+            # on its row, so it is dropped without running.
+            self._ready = deque(job for job in self._ready if job.id != message.job_id)
         elif isinstance(message, Drain):
             self._draining = True
+            self._return_ready()
             future: ThreadingFuture[None] = ThreadingFuture()
             self._drained.append(future)
             self._settle_drain()
@@ -132,19 +152,72 @@ class ProducerActor(pykka.ThreadingActor):
         return {
             "executors": self._size,
             "busy": len(self._running),
+            "prefetched": len(self._ready),
             "claimed": self.claimed,
         }
 
     def _on_idle(self, executor: pykka.ActorRef[Any]) -> None:
         self._running.pop(executor.actor_urn, None)
+        started = self._started_at.pop(executor.actor_urn, None)
+        if started is not None:
+            duration = time.monotonic() - started
+            mean = self._mean_duration
+            self._mean_duration = (
+                duration if mean is None else mean + DURATION_WEIGHT * (duration - mean)
+            )
         self._idle.append(executor)
+        self._dispatch()
         self._queue_claim()
         self._settle_drain()
 
+    def _prefetch_limit(self) -> int:
+        """Return how many claimed jobs may wait for an executor."""
+        mean = self._mean_duration
+        if mean is None or mean >= PREFETCH_MAX_SECONDS:
+            return 0
+        return self._size
+
     def _queue_claim(self) -> None:
-        if self._want_claim and self._idle and not self._claim_queued and not self._draining:
+        if not self._want_claim or self._claim_queued or self._draining:
+            return
+        starved = len(self._idle) > len(self._ready)
+        prefetch = self._prefetch_limit()
+        if starved or (prefetch and len(self._ready) <= prefetch // 2):
             self._claim_queued = True
             self.actor_ref.tell(Claim())
+
+    def _dispatch(self) -> None:
+        """Start waiting jobs on idle executors, oldest claim first."""
+        while self._idle and self._ready:
+            job = self._ready.popleft()
+            executor = self._idle.popleft()
+            cancellation = threading.Event()
+            self._running[executor.actor_urn] = (job, cancellation)
+            self._started_at[executor.actor_urn] = time.monotonic()
+            executor.tell(Execute(job, cancellation))
+
+    def _return_ready(self) -> None:
+        """Give prefetched jobs back to the queue, as if they had never been claimed."""
+        if not self._ready:
+            return
+        ids = [job.id for job in self._ready]
+        self._ready.clear()
+        try:
+            conn = self._connection()
+            conn.execute(
+                self._statements.unclaim,
+                {"ids": ids, "node": self._node_id, "channel": insert_channel(self._prefix)},
+            )
+        except psycopg.Error as error:
+            logger.warning(
+                "returning %d prefetched jobs of queue %s failed; they are rescued as lost "
+                "attempts once this node stops heartbeating: %s",
+                len(ids),
+                self._queue,
+                error,
+                extra={"action": "unclaim_failed", "queue": self._queue},
+            )
+            self._close()
 
     def _settle_drain(self) -> None:
         if self._draining and not self._running:
@@ -153,12 +226,11 @@ class ProducerActor(pykka.ThreadingActor):
             self._drained.clear()
 
     def _claim(self) -> None:
-        if self._draining or not self._idle:
+        if self._draining:
             return
-        # NOTE: under a steady load executors free up one at a time, so most
-        # claims take one job and cost one commit. Profiles of the benchmark
-        # show this loop as the worker node's throughput limit.
-        limit = len(self._idle)
+        limit = len(self._idle) + self._prefetch_limit() - len(self._ready)
+        if limit <= 0:
+            return
         self._next_poll = time.monotonic() + self._poll_interval
         try:
             rows = self._fetch(limit)
@@ -173,20 +245,20 @@ class ProducerActor(pykka.ThreadingActor):
             return
         # A full batch suggests more jobs wait; claim again once executors free up.
         self._want_claim = len(rows) == limit
-        for row in rows:
-            self.claimed += 1
-            job = job_from_row(row)
-            executor = self._idle.popleft()
-            cancellation = threading.Event()
-            self._running[executor.actor_urn] = (job, cancellation)
-            executor.tell(Execute(job, cancellation))
+        self.claimed += len(rows)
+        self._ready.extend(job_from_row(row) for row in rows)
+        self._dispatch()
+
+    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._dsn, f"producer {self._queue}", self._node_id)
+            if self._relaxed_claims and not is_pooled(self._dsn):
+                self._conn.execute("SET synchronous_commit = off")
+        return self._conn
 
     def _fetch(self, limit: int) -> list[tuple[Any, ...]]:
         pooled = is_pooled(self._dsn)
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self._dsn, f"producer {self._queue}", self._node_id)
-            if self._relaxed_claims and not pooled:
-                self._conn.execute("SET synchronous_commit = off")
+        self._conn = self._connection()
         params = {"node": self._node_id, "queue": self._queue, "limit": limit}
         if self._relaxed_claims and pooled:
             # PgBouncer shares server sessions, so the setting may only last

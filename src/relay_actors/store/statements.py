@@ -50,6 +50,19 @@ RETURNING j.id, j.queue, j.worker, j.args, j.meta, j.tags, j.attempt, j.max_atte
           j.priority, j.inserted_at, j.scheduled_at, j.attempted_at, j.attempted_by
 """
 
+# Returns jobs that a node claimed but never started to the queue: their
+# attempt is not counted. It wakes the queue's nodes so that another can
+# take them.
+_UNCLAIM = """
+WITH returned AS (
+    UPDATE {jobs}
+    SET state = 'available', attempt = attempt - 1, attempted_at = NULL, attempted_by = NULL
+    WHERE id = ANY(%(ids)s::bigint[]) AND state = 'executing' AND attempted_by = %(node)s
+    RETURNING queue
+)
+SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM returned) AS queues
+"""
+
 # Records the outcomes of finished attempts and sends their notifications, in
 # one statement and so one transaction. Only rows still executing the same
 # attempt change, so an outcome never overwrites a job that moved on (it was
@@ -191,6 +204,7 @@ class Statements:
         }
         self.insert = sql.SQL(_INSERT).format(**names)
         self.claim = sql.SQL(_CLAIM).format(**names)
+        self.unclaim = sql.SQL(_UNCLAIM).format(**names)
         self.record = sql.SQL(_RECORD).format(**names)
         self.notify_many = sql.SQL(_NOTIFY_MANY)
         self.read_outcomes = sql.SQL(_READ_OUTCOMES).format(**names)
