@@ -62,10 +62,12 @@ def _json_problem(name: str, value: object) -> str | None:
     if not isinstance(value, dict):
         return f"{name} must be a JSON object (a dict), got {type(value).__name__} {value!r:.80}"
     try:
-        json.dumps(value, allow_nan=False, default=_reject_non_json)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as error:
         return f"{name} is not JSON-serialisable: {error}"
-    if _contains_nul(value):
+    # The encoder writes NUL as \u0000, so only a text with that sequence
+    # needs the walk (a string may also contain those six characters).
+    if "\\u0000" in text and _contains_nul(value):
         return f"{name} contains a NUL character (\\x00) in a string, which jsonb cannot store"
     return None
 
@@ -82,6 +84,9 @@ def _contains_nul(value: object) -> bool:
 
 def _reject_non_json(value: object) -> None:
     raise TypeError(f"value {value!r:.80} of type {type(value).__name__} is not JSON")
+
+
+_ENCODER = json.JSONEncoder(allow_nan=False, default=_reject_non_json)
 
 
 def _is_int(value: object) -> bool:
