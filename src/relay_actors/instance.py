@@ -174,7 +174,7 @@ class Instance:
             lambda: ListenerActor.start(
                 dsn=options.listen_dsn or self.dsn,
                 node_id=self.node_id,
-                insert_channel=self.insert_channel,
+                insert_channel=self.insert_channel if options.queues else None,
                 relay_channel=self.relay_channel,
                 control_channel=self.control_channel,
                 directory=self.directory,

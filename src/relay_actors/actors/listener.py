@@ -73,7 +73,7 @@ class ListenerActor(pykka.ThreadingActor):
         *,
         dsn: str,
         node_id: str,
-        insert_channel: str,
+        insert_channel: str | None,
         relay_channel: str,
         control_channel: str,
         directory: MailboxDirectory,
@@ -153,8 +153,12 @@ class ListenerActor(pykka.ThreadingActor):
         conn = None
         try:
             conn = connect(self._dsn, "listener", self._node_id)
-            for channel in (self._insert_channel, self._relay_channel, self._control_channel):
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+            # A node without queues has no use for insert wake-ups, and skips
+            # the work of receiving one per insert.
+            channels = (self._insert_channel, self._relay_channel, self._control_channel)
+            for channel in channels:
+                if channel is not None:
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         except psycopg.Error as error:
             if conn is not None:
                 conn.close()
