@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Any
 
 import psycopg
 import pykka
-from psycopg.types.json import Jsonb
 from pykka import ThreadingFuture
 
 from relay_actors.actors.messages import AttemptOutcome, Flush, Record, Sync, Tick
 from relay_actors.actors.outcomes import failed_attempt
+from relay_actors.actors.recording import OutcomeWriter
 from relay_actors.failures import RecordFailed
 from relay_actors.store.connect import connect
 from relay_actors.store.statements import statements_for
-from relay_actors.wire import FINAL_STATES, Delivery, Entry, pack_payloads_with_ids
 
 logger = logging.getLogger("relay_actors.acker")
 
@@ -46,11 +44,9 @@ class AckerActor(pykka.ThreadingActor):
         secret: bytes | None = None,
     ) -> None:
         super().__init__()
-        self._secret = secret
         self._dsn = dsn
-        self._insert_channel = insert_channel
         self._node_id = node_id
-        self._statements = statements_for(prefix)
+        self._writer = OutcomeWriter(statements_for(prefix), insert_channel, secret)
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._batch: list[AttemptOutcome] = []
         self._flush_queued = False
@@ -186,94 +182,4 @@ class AckerActor(pykka.ThreadingActor):
     def _write(self, outcomes: list[AttemptOutcome]) -> None:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn, "acker", self._node_id)
-        # Of two outcomes for one attempt (a release at stop and the late
-        # return), the first wins, as it would in two separate writes.
-        batch = list({(o.job_id, o.attempt): o for o in reversed(outcomes)}.values())[::-1]
-        notifications = self._notifications(batch)
-        params = {
-            "outcomes": Jsonb([_outcome_document(outcome) for outcome in batch]),
-            "notifications": Jsonb(
-                [
-                    {
-                        "channel": channel,
-                        "payload": payload,
-                        "ids": ",".join(f"{job_id}:{attempt}" for job_id, attempt in ids),
-                    }
-                    for channel, payload, ids in notifications
-                ]
-            ),
-        }
-        rows = self._conn.execute(self._statements.record, params).fetchall()
-        changed = {(row[0], row[1]) for row in rows}
-        if len(changed) == len(outcomes):
-            return
-        # Some attempts had ended already, so the notifications that carried
-        # them were held back: send the others' results now, after the commit.
-        held_back = {
-            pair for _, _, pairs in notifications if not changed.issuperset(pairs) for pair in pairs
-        }
-        recorded = [o for o in batch if (o.job_id, o.attempt) in changed & held_back]
-        resend = self._notifications(recorded)
-        if resend:
-            self._conn.execute(
-                self._statements.notify_many,
-                {
-                    "channel": [channel for channel, _, _ in resend],
-                    "payload": [payload for _, payload, _ in resend],
-                },
-            )
-        logger.info(
-            "%d of %d outcomes were not recorded because their attempts had ended already "
-            "(the jobs were cancelled, rescued or released)",
-            len(outcomes) - len(changed),
-            len(outcomes),
-            extra={"action": "record_skipped"},
-        )
-
-    def _notifications(
-        self, outcomes: list[AttemptOutcome]
-    ) -> list[tuple[str, str, list[tuple[int, int]]]]:
-        """Return (channel, payload, (job id, attempt) pairs) of each notification needed.
-
-        Relay results are grouped by caller channel into as few payloads as fit.
-        Jobs made available again (a lost attempt) wake every node of their queue.
-        """
-        by_channel: dict[str, list[tuple[Entry, bool]]] = defaultdict(list)
-        wakes: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for outcome in outcomes:
-            if outcome.state == "available":
-                wakes[outcome.queue].append((outcome.job_id, outcome.attempt))
-            relay = outcome.relay
-            if relay is None:
-                continue
-            delivery = Delivery(
-                outcome.job_id,
-                outcome.status,
-                outcome.attempt,
-                outcome.state in FINAL_STATES,
-                outcome.result,
-            )
-            entry = Entry(relay.mailbox, relay.ref, delivery)
-            by_channel[relay.channel].append((entry, relay.inline))
-        notifications: list[tuple[str, str, list[tuple[int, int]]]] = []
-        for channel, entries in by_channel.items():
-            for payload, ids in pack_payloads_with_ids(entries, self._secret):
-                notifications.append((channel, payload, ids))
-        for queue, ids in wakes.items():
-            notifications.append((self._insert_channel, queue, ids))
-        return notifications
-
-
-def _outcome_document(outcome: AttemptOutcome) -> dict[str, Any]:
-    """Return the outcome as a JSON object for the record statement's batch."""
-    return {
-        "id": outcome.job_id,
-        "attempt": outcome.attempt,
-        "state": outcome.state,
-        "outcome": outcome.status if outcome.relay else None,
-        "result": None if outcome.result is None else "\\x" + outcome.result.hex(),
-        "delay": float(outcome.delay),
-        "extra_attempts": outcome.extra_attempts,
-        "error": outcome.error or None,
-        "meta_patch": outcome.meta_patch or None,
-    }
+        self._writer.write(self._conn, outcomes)
