@@ -212,6 +212,7 @@ class Instance:
                 acker=acker,
                 poll_interval=self.options.poll_interval,
                 relaxed_claims=self.options.relaxed_claims,
+                secret=self.options.secret,
                 **common,
             )
 

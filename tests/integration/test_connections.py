@@ -48,7 +48,10 @@ def test_node_connections_match_formula(
     queues = {QUICK_QUEUE: 4, SLOW_QUEUE: 8}
     instance = start_instance(queues=queues, pool_size=4)
     # Caller threads that insert and await at the same time take several
-    # pooled connections, and the finished jobs make the acker connect.
+    # pooled connections. Producers record their executors' outcomes, so the
+    # acker connects only when it records one itself (a rescue, a release at
+    # stop, or a producer's failed write): it counts in the formula as a
+    # connection the node may open.
     barrier = threading.Barrier(CALLER_THREADS)
     results: list[Any] = []
 
@@ -69,7 +72,6 @@ def test_node_connections_match_formula(
 
     actor_roles = {
         "listener": 1,
-        "acker": 1,
         "poller": 1,
         "lifeline": 1,
         "stager": 1,
@@ -89,10 +91,11 @@ def test_node_connections_match_formula(
     pooled = instance.pool.statistics()["open"]
     assert roles["caller"] == pooled
     assert 1 <= pooled <= 4
-    assert set(roles) <= {*actor_roles, "caller"}
-    assert sum(roles.values()) == len(actor_roles) + pooled
+    assert roles["acker"] <= 1
+    assert set(roles) <= {*actor_roles, "acker", "caller"}
+    assert sum(roles.values()) == len(actor_roles) + roles["acker"] + pooled
     assert sum(roles.values()) <= instance.options.max_connections
-    assert instance.options.max_connections == len(actor_roles) + 4
+    assert instance.options.max_connections == len(actor_roles) + 1 + 4
 
 
 def test_stopped_node_closes_connections(

@@ -22,7 +22,7 @@ logger = logging.getLogger("relay_actors.executor")
 
 
 class ExecutorActor(pykka.ThreadingActor):
-    """Runs jobs one at a time and sends each outcome to the acker.
+    """Runs jobs one at a time and sends each outcome to its producer.
 
     A job runs on this actor's thread, or on a thread of its own when its
     worker sets a timeout. The threads are daemons: CPython cannot kill a
@@ -50,16 +50,19 @@ class ExecutorActor(pykka.ThreadingActor):
             )
             return None
         outcome = run_attempt(message.job, message.cancellation, self._prefix, self._node_id)
+        try:
+            self._producer.tell(ExecutorIdle(self.actor_ref, outcome))
+            return None
+        except pykka.ActorDeadError:
+            pass
+        # The producer stopped (the node is stopping or it crashed), so the
+        # acker records the outcome.
         if not self._acker.tell(Record(outcome)):
             logger.error(
                 "outcome of job %s lost: the acker stopped; the job stays executing until rescued",
                 message.job.id,
                 extra={"action": "record_failed", "job_id": message.job.id},
             )
-        try:
-            self._producer.tell(ExecutorIdle(self.actor_ref))
-        except pykka.ActorDeadError:
-            pass
         return None
 
 

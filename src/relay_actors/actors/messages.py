@@ -54,9 +54,10 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class ExecutorIdle:
-    """The executor finished its attempt and can take another job."""
+    """The executor finished its attempt, whose outcome it carries, and can take another job."""
 
     executor: ActorRef[Any]
+    outcome: AttemptOutcome
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,15 +14,18 @@ from pykka import ThreadingFuture
 
 from relay_actors.actors.executor import ExecutorActor
 from relay_actors.actors.messages import (
+    AttemptOutcome,
     CancelRunning,
     Claim,
     Drain,
     Execute,
     ExecutorIdle,
+    Record,
     Release,
     Tick,
     Wake,
 )
+from relay_actors.actors.recording import OutcomeWriter
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.job import Job
 from relay_actors.names import insert_channel
@@ -48,6 +51,13 @@ class ProducerActor(pykka.ThreadingActor):
     actor's thread with a statement timeout, so the inbox never waits forever.
     Between wake-ups the producer polls every `poll_interval` seconds.
 
+    Executors hand their outcomes to the producer, which records them in the
+    statement of its next claim: one round trip and one commit for both. A
+    claim due only for outcomes takes no jobs while the queue looks empty. If
+    that statement fails, the acker records the outcomes and retries them.
+    With relaxed claims the acker records every outcome, so that results are
+    never committed without waiting for the WAL flush.
+
     While attempts are short, a claim also takes up to one job per executor
     ahead of need, so a freed executor starts its next job without waiting
     for a claim, and claims take many jobs each. Those prefetched jobs are
@@ -68,6 +78,7 @@ class ProducerActor(pykka.ThreadingActor):
         acker: ActorSlot,
         poll_interval: float,
         relaxed_claims: bool = False,
+        secret: bytes | None = None,
     ) -> None:
         super().__init__()
         self._relaxed_claims = relaxed_claims
@@ -79,6 +90,8 @@ class ProducerActor(pykka.ThreadingActor):
         self._acker = acker
         self._poll_interval = poll_interval
         self._statements = statements_for(prefix)
+        self._writer = OutcomeWriter(self._statements, insert_channel(prefix), secret)
+        self._outcomes: list[AttemptOutcome] = []
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._executors: list[pykka.ActorRef[Any]] = []
         self._idle: deque[pykka.ActorRef[Any]] = deque()
@@ -92,6 +105,7 @@ class ProducerActor(pykka.ThreadingActor):
         self._draining = False
         self._drained: list[ThreadingFuture[None]] = []
         self.claimed = 0
+        self.recorded = 0
 
     def on_start(self) -> None:
         for _ in range(self._size):
@@ -108,11 +122,13 @@ class ProducerActor(pykka.ThreadingActor):
         deadline = time.monotonic() + EXECUTOR_STOP_SECONDS
         for executor in self._executors:
             executor.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+        self._hand_to_acker()
         self._close()
 
     def on_failure(self, *exc_info: Any) -> None:
         for executor in self._executors:
             executor.stop(block=False)
+        self._hand_to_acker()
         self._close()
 
     def on_receive(self, message: Any) -> Any:
@@ -127,7 +143,7 @@ class ProducerActor(pykka.ThreadingActor):
             self._claim_queued = False
             self._claim()
         elif isinstance(message, ExecutorIdle):
-            self._on_idle(message.executor)
+            self._on_idle(message.executor, message.outcome)
         elif isinstance(message, CancelRunning):
             for job, cancellation in self._running.values():
                 if job.id == message.job_id:
@@ -154,10 +170,14 @@ class ProducerActor(pykka.ThreadingActor):
             "busy": len(self._running),
             "prefetched": len(self._ready),
             "claimed": self.claimed,
+            "recorded": self.recorded,
         }
 
-    def _on_idle(self, executor: pykka.ActorRef[Any]) -> None:
+    def _on_idle(self, executor: pykka.ActorRef[Any], outcome: AttemptOutcome) -> None:
         self._running.pop(executor.actor_urn, None)
+        self._outcomes.append(outcome)
+        if self._relaxed_claims:
+            self._hand_to_acker()
         started = self._started_at.pop(executor.actor_urn, None)
         if started is not None:
             duration = time.monotonic() - started
@@ -178,13 +198,18 @@ class ProducerActor(pykka.ThreadingActor):
         return self._size
 
     def _queue_claim(self) -> None:
-        if not self._want_claim or self._claim_queued or self._draining:
+        if self._claim_queued:
             return
-        starved = len(self._idle) > len(self._ready)
-        prefetch = self._prefetch_limit()
-        if starved or (prefetch and len(self._ready) <= prefetch // 2):
+        if self._outcomes or (self._want_claim and not self._draining and self._claim_room()):
             self._claim_queued = True
             self.actor_ref.tell(Claim())
+
+    def _claim_room(self) -> bool:
+        """Return True if executors wait for jobs, or the prefetched jobs run low."""
+        if len(self._idle) > len(self._ready):
+            return True
+        prefetch = self._prefetch_limit()
+        return prefetch > 0 and len(self._ready) <= prefetch // 2
 
     def _dispatch(self) -> None:
         """Start waiting jobs on idle executors, oldest claim first."""
@@ -220,21 +245,22 @@ class ProducerActor(pykka.ThreadingActor):
             self._close()
 
     def _settle_drain(self) -> None:
-        if self._draining and not self._running:
+        if self._draining and not self._running and not self._outcomes:
             for future in self._drained:
                 future.set(None)
             self._drained.clear()
 
     def _claim(self) -> None:
-        if self._draining:
+        limit = 0
+        if self._want_claim and not self._draining:
+            limit = max(0, len(self._idle) + self._prefetch_limit() - len(self._ready))
+        if limit == 0 and not self._outcomes:
             return
-        limit = len(self._idle) + self._prefetch_limit() - len(self._ready)
-        if limit <= 0:
-            return
+        outcomes, self._outcomes = self._outcomes, []
         self._next_poll = time.monotonic() + self._poll_interval
         try:
-            rows = self._fetch(limit)
-        except psycopg.Error as error:
+            rows = self._write_and_claim(outcomes, limit)
+        except Exception as error:  # noqa: BLE001 - the acker retries or isolates the outcomes
             logger.warning(
                 "claim on queue %s failed, retrying on the next poll: %s",
                 self._queue,
@@ -242,12 +268,42 @@ class ProducerActor(pykka.ThreadingActor):
                 extra={"action": "claim_failed", "queue": self._queue},
             )
             self._close()
+            self._outcomes = outcomes + self._outcomes
+            self._hand_to_acker()
+            self._settle_drain()
             return
-        # A full batch suggests more jobs wait; claim again once executors free up.
-        self._want_claim = len(rows) == limit
-        self.claimed += len(rows)
-        self._ready.extend(job_from_row(row) for row in rows)
-        self._dispatch()
+        self.recorded += len(outcomes)
+        if limit:
+            # A full batch suggests more jobs wait; claim again once executors free up.
+            self._want_claim = len(rows) == limit
+            self.claimed += len(rows)
+            self._ready.extend(job_from_row(row) for row in rows)
+            self._dispatch()
+        self._settle_drain()
+
+    def _write_and_claim(self, outcomes: list[AttemptOutcome], limit: int) -> list[tuple[Any, ...]]:
+        """Record `outcomes` and claim up to `limit` jobs, in one statement when there are both."""
+        if not outcomes:
+            return self._fetch(limit)
+        conn = self._connection()
+        if limit == 0:
+            self._writer.write(conn, outcomes)
+            return []
+        return self._writer.write_and_claim(
+            conn, outcomes, node=self._node_id, queue=self._queue, limit=limit
+        )
+
+    def _hand_to_acker(self) -> None:
+        """Send the outcomes not yet recorded to the acker, which records and retries them."""
+        outcomes, self._outcomes = self._outcomes, []
+        for outcome in outcomes:
+            if not self._acker.tell(Record(outcome)):
+                logger.error(
+                    "outcome of job %s lost: the acker stopped; the job stays executing until "
+                    "rescued",
+                    outcome.job_id,
+                    extra={"action": "record_lost", "job_id": outcome.job_id},
+                )
 
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:

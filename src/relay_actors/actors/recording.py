@@ -22,10 +22,11 @@ Notification = tuple[str, str, list[tuple[int, int]]]
 class OutcomeWriter:
     """Records outcomes and sends their notifications in one transaction.
 
-    A result is announced only if its attempt was recorded. When some attempts
-    of a batch had ended already (the job was cancelled, rescued or released),
-    the notifications that carried them are held back by the statement, and
-    the results of the recorded ones among them are sent after the commit.
+    A result is announced only if its attempt was recorded. Some attempts of a
+    batch may have ended already, because their jobs were cancelled, rescued
+    or released. The statement then holds back every notification that
+    carries one of them, and the recorded results among those are sent after
+    the commit.
     """
 
     def __init__(self, statements: Statements, insert_channel: str, secret: bytes | None) -> None:
