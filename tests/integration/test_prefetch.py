@@ -66,7 +66,7 @@ def test_shutdown_returns_prefetched_job(
     tmp_path: Path,
 ) -> None:
     gate = tmp_path / "gate"
-    caller, worker, _, waiting = start_with_prefetched_job(start_instance, db, prefix, gate)
+    _, worker, _, waiting = start_with_prefetched_job(start_instance, db, prefix, gate)
     claimed = read_job(db, prefix, waiting.job.id)
     assert claimed["state"] == "executing"
     assert claimed["attempt"] == 1
