@@ -6,7 +6,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "typing"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = os.environ.get("RELAY_ACTORS_NOX_PYTHON") or None
@@ -38,3 +38,11 @@ def typecheck(session: nox.Session) -> None:
     """Type-check the package with mypy in strict mode."""
     session.install("-e", ".[binary,embedded]", "mypy")
     session.run("mypy")
+
+
+# Named in the decorator, so no function in this file shadows the typing module.
+@nox.session(python=PYTHON, name="typing")
+def typing_example(session: nox.Session) -> None:
+    """Check the public API's result types with mypy in strict mode over a user-style example."""
+    session.install("-e", ".[binary,embedded]", "mypy")
+    session.run("mypy", "tests/typing/example_usage.py")

@@ -6,6 +6,7 @@ await its result with `Relay.await_`. See the README for a first example.
 
 import logging
 
+from relay_actors import aio
 from relay_actors.errors import (
     ConfigurationError,
     InstanceForkedError,
@@ -63,6 +64,7 @@ __all__ = [
     "ResultUndecodable",
     "Snooze",
     "Worker",
+    "aio",
     "get_instance",
     "start",
 ]

@@ -125,9 +125,7 @@ class Relay(Generic[ResultT_co]):
         Returns `Ok(value)` or `Error(reason)`; `Error(Reason.TIMEOUT)` leaves
         the job running, and a later await can still return its result.
         """
-        if not isinstance(relay, Relay):
-            raise TypeError(f"await_ takes a Relay from Relay.async_, got {type(relay).__name__}")
-        return await_relays([relay], timeout, with_retries)[0]
+        return await_relays(_check_relays("await_", [relay]), timeout, with_retries)[0]
 
     @staticmethod
     def await_many(
@@ -140,13 +138,17 @@ class Relay(Generic[ResultT_co]):
 
         Relays without a result at the deadline get `Error(Reason.TIMEOUT)`.
         """
-        relays = list(relays)
-        for relay in relays:
-            if not isinstance(relay, Relay):
-                raise TypeError(
-                    f"await_many takes Relays from Relay.async_, got {type(relay).__name__}"
-                )
-        return await_relays(relays, timeout, with_retries)
+        return await_relays(_check_relays("await_many", relays), timeout, with_retries)
+
+
+def _check_relays(call: str, relays: Sequence[object]) -> list[Relay[Any]]:
+    """Return `relays` as a list, or raise TypeError naming the first value that is no Relay."""
+    checked: list[Relay[Any]] = []
+    for relay in relays:
+        if not isinstance(relay, Relay):
+            raise TypeError(f"{call} takes relays from Relay.async_, got {type(relay).__name__}")
+        checked.append(relay)
+    return checked
 
 
 def _split_arguments(
@@ -183,12 +185,17 @@ def _split_arguments(
 
 
 def _insert(
-    instance: Instance, jobs: list[Job], conn: psycopg.Connection[Any] | None
+    instance: Instance,
+    jobs: list[Job],
+    conn: psycopg.Connection[Any] | None,
+    mailbox: pykka.ActorRef[Any] | None = None,
 ) -> list[Relay[Any]]:
+    """Insert `jobs`; their results go to `mailbox`, by default the calling thread's."""
     instance.check_usable()
     plugin = instance.relay_plugin
     assert plugin is not None  # check_usable() raised otherwise
-    mailbox = instance.mailbox()
+    if mailbox is None:
+        mailbox = instance.mailbox()
     refs = [uuid.uuid4() for _ in jobs]
     metas = [
         {
@@ -207,7 +214,7 @@ def _insert(
     if conn is not None and not isinstance(conn, psycopg.Connection):
         raise ConfigurationError(f"conn must be a psycopg.Connection, got {type(conn).__name__}")
     xid = None
-    if conn is not None:
+    if conn is not None and not instance.inline:
         xid_row = conn.execute(instance.statements.current_xid).fetchone()
         xid = str(xid_row[0]) if xid_row else None
         rows = execute_insert(instance.statements, instance.insert_channel, conn, jobs, metas)

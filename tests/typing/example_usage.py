@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from relay_actors import Error, Job, Ok, Relay, Worker
+from relay_actors import Error, Job, Ok, Relay, Worker, aio
 
 
 class Double(Worker[int], queue="math"):
@@ -56,6 +56,18 @@ def insert_and_await_many() -> None:
     assert_type(Relay.await_many(mixed), list[Ok[object] | Error])
 
 
+async def insert_and_await_in_event_loop() -> None:
+    relay = await aio.async_(Double.new({"int": 2}))
+    assert_type(relay, Relay[int])
+    assert_type(await aio.async_("reports", Double.new({"int": 2})), Relay[int])
+    assert_type(await aio.await_(relay, timeout=30.0), Ok[int] | Error)
+
+    relays = await aio.async_many([Greet.new({"name": "ada"})], instance="reports")
+    assert_type(relays, list[Relay[str]])
+    assert_type(await aio.async_many("reports", [Greet.new({"name": "ada"})]), list[Relay[str]])
+    assert_type(await aio.await_many(relays, with_retries=True), list[Ok[str] | Error])
+
+
 def untyped_worker() -> None:
     relay = Relay.async_(Untyped.new({}))
     assert_type(relay, Relay[Any])
@@ -75,4 +87,11 @@ def type_errors(relay: Relay[int]) -> None:
     Relay.await_(Double.new({"int": 2}))  # type: ignore[arg-type]
     Relay.async_("reports", Double.new({"int": 2}), instance="other")  # type: ignore[call-overload]
     Relay.async_many(Double.new({"int": 2}))  # type: ignore[call-overload]
+    del text
+
+
+async def type_errors_in_event_loop(relay: Relay[int]) -> None:
+    text: str = (await aio.await_(relay)).unwrap()  # type: ignore[assignment]
+    await aio.await_(Double.new({"int": 2}))  # type: ignore[arg-type]
+    await aio.async_("reports", Double.new({"int": 2}), instance="other")  # type: ignore[call-overload]
     del text

@@ -11,6 +11,7 @@ import pykka
 from pykka import ThreadingFuture
 
 from relay_actors.actors.directory import MailboxDirectory
+from relay_actors.actors.futures import CallbackFuture
 from relay_actors.actors.messages import (
     READ_ROW,
     AwaitRefs,
@@ -36,6 +37,13 @@ class RelayRefActor(pykka.ThreadingActor):
     """
 
     use_daemon_thread = True
+
+    @staticmethod
+    def _create_future() -> CallbackFuture[Any]:
+        # ActorRef.ask() makes its reply future with this hook (pykka 4.5), so
+        # an asyncio caller can wait for the reply to AwaitRefs without a thread.
+        # If pykka stopped calling it, relay_actors.aio would raise TypeError.
+        return CallbackFuture()
 
     def __init__(
         self, directory: MailboxDirectory, max_outcomes: int = DEFAULT_MAX_OUTCOMES
@@ -79,7 +87,12 @@ class RelayRefActor(pykka.ThreadingActor):
             for ref, future in message.waits:
                 self._forget(ref, future)
             return None
-        logger.warning("mailbox %s dropped an unknown message %r", self.actor_urn, type(message))
+        logger.warning(
+            "mailbox %s dropped an unknown message %r",
+            self.actor_urn,
+            type(message),
+            extra={"action": "unknown_message"},
+        )
         return None
 
     def statistics(self) -> dict[str, int]:
@@ -117,7 +130,7 @@ class RelayRefActor(pykka.ThreadingActor):
             del self._waiters[ref]
 
     def _await(self, ref: str, job_id: int, with_retries: bool) -> ThreadingFuture[Any]:
-        future: ThreadingFuture[Any] = ThreadingFuture()
+        future: ThreadingFuture[Any] = CallbackFuture()
         known = self._outcomes.get(ref)
         if known is not None and known.final:
             future.set(known)
@@ -148,7 +161,12 @@ class RelayRefActor(pykka.ThreadingActor):
             del self._pending[ref]
             self._directory.release(ref)
         if expired:
-            logger.debug("mailbox %s dropped %d expired pending refs", self.actor_urn, len(expired))
+            logger.debug(
+                "mailbox %s dropped %d expired pending refs",
+                self.actor_urn,
+                len(expired),
+                extra={"action": "refs_expired"},
+            )
         return [(ref, job_id) for ref, (job_id, _) in self._pending.items()]
 
     def _forget(self, ref: str, future: ThreadingFuture[Any]) -> None:
