@@ -106,6 +106,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "after a PostgreSQL crash)",
     )
     worker.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="connect through PgBouncer in transaction pooling mode: no prepared statements "
+        "or session settings; needs --listen-dsn",
+    )
+    worker.add_argument(
+        "--listen-dsn",
+        help="PostgreSQL DSN of the listener's direct connection, which LISTEN needs "
+        "(default the --dsn)",
+    )
+    worker.add_argument(
         "--grace",
         type=float,
         default=DEFAULT_SHUTDOWN_GRACE,
@@ -203,6 +214,8 @@ def run_worker(args: argparse.Namespace) -> int:
             secret=os.environ.get(SECRET_VARIABLE) or None,
             rescue_after=args.rescue_after,
             relaxed_claims=args.relaxed_claims,
+            pgbouncer=args.pgbouncer,
+            listen_dsn=args.listen_dsn,
             shutdown_grace=args.grace,
         )
     except ConfigurationError as error:

@@ -9,11 +9,12 @@ from collections.abc import Callable, Iterable, Mapping
 
 from relay_actors import embedded
 from relay_actors.errors import ConfigurationError, InstanceNotFoundError, RelayError
+from relay_actors.inline import INLINE, InlineInstance, validate_testing
 from relay_actors.instance import Instance
 from relay_actors.names import default_node_name, validate_prefix
 from relay_actors.options import Options
 from relay_actors.plugin import RelayPlugin
-from relay_actors.store.connect import EMBEDDED, resolve_dsn
+from relay_actors.store.connect import EMBEDDED, PooledDsn, resolve_dsn
 
 DEFAULT_NAME = "default"
 
@@ -56,8 +57,14 @@ def start(
     prune_interval: float = 60.0,
     secret: str | bytes | None = None,
     relaxed_claims: bool = False,
+    testing: str | None = None,
+    pgbouncer: bool = False,
+    listen_dsn: str | None = None,
 ) -> Instance:
     """Start a node: migrate the schema, then start its actors.
+
+    The options not listed below are durations in seconds and sizes, described
+    on `Options`.
 
     Args:
         name: label of the instance within this process, for `Relay.async_(name, job)`.
@@ -71,7 +78,15 @@ def start(
         node: readable node name, default the host name.
         secret: signs relay notifications, so results forged by another database
             role that can NOTIFY are dropped; give the same value to every node.
-        The other options are durations in seconds and sizes, described on `Options`.
+        pgbouncer: connect through PgBouncer in transaction pooling mode: no
+            prepared statements and no session settings on any connection but
+            the listener's, which uses `listen_dsn`.
+        listen_dsn: DSN of the listener's direct connection to PostgreSQL;
+            required with `pgbouncer`, because LISTEN needs a session.
+        testing: "inline" for users' unit tests: `Relay.async_` runs one attempt
+            of each job on the calling thread and `Relay.await_` returns its
+            result at once. No database is used, so `dsn`, `prefix` and the
+            durations are ignored.
 
     Raises:
         ConfigurationError: an option is invalid, or no DSN is given.
@@ -95,15 +110,16 @@ def start(
         prune_interval=prune_interval,
         secret=secret.encode() if isinstance(secret, str) else secret,
         relaxed_claims=relaxed_claims,
+        pgbouncer=pgbouncer,
+        listen_dsn=listen_dsn,
     )
+    if validate_testing(testing) == INLINE:
+        return _start_inline(name, node or default_node_name(), options)
     validate_prefix(prefix)
     resolved = resolve_dsn(dsn)
     with _lock:
         if name in _instances:
-            raise RelayError(
-                f"an instance named {name!r} is already running in this process; stop it "
-                "first, or start this one with another name="
-            )
+            raise _name_taken(name)
         _instances[name] = None  # reserves the name while the instance starts
     is_embedded = resolved == EMBEDDED
     acquired = False
@@ -114,7 +130,7 @@ def start(
             acquired = True
         instance = Instance(
             name=name,
-            dsn=resolved,
+            dsn=PooledDsn(resolved) if options.pgbouncer else resolved,
             prefix=prefix,
             node=node or default_node_name(),
             options=options,
@@ -132,6 +148,22 @@ def start(
             if acquired:
                 embedded.release_shared()
         raise
+    return instance
+
+
+def _name_taken(name: str) -> RelayError:
+    return RelayError(
+        f"an instance named {name!r} is already running in this process; stop it "
+        "first, or start this one with another name="
+    )
+
+
+def _start_inline(name: str, node: str, options: Options) -> Instance:
+    with _lock:
+        if name in _instances:
+            raise _name_taken(name)
+        instance = InlineInstance(name=name, node=node, options=options, on_stop=_forget(False))
+        _instances[name] = instance
     return instance
 
 

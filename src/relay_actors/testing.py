@@ -7,6 +7,11 @@ started with `queues={}`, then run them to completion without a worker node::
     relay = Relay.async_(Double.new({"int": 2}))
     assert relay_actors.testing.drain_queue("math") == {"completed": 1}
     assert Relay.await_(relay) == Ok(4)
+
+Tests that need no database at all start the instance in inline mode
+instead: `relay_actors.start(testing="inline", plugins=[Relay])`. Each
+`Relay.async_` then runs its job at once on the calling thread, and
+`Relay.await_` returns the result without waiting (see `relay_actors.inline`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import pykka
 from relay_actors.actors.executor import run_attempt
 from relay_actors.actors.messages import Record, Sync
 from relay_actors.actors.producer import job_from_row
-from relay_actors.errors import RelayError
+from relay_actors.errors import ConfigurationError, RelayError
 from relay_actors.instances import DEFAULT_NAME, get_instance
 
 CLAIM_BATCH = 100
@@ -39,10 +44,16 @@ def drain_queue(queue: str, *, instance: str = DEFAULT_NAME) -> dict[str, int]:
 
     Raises:
         InstanceNotFoundError: no running instance is called `instance`.
+        ConfigurationError: the instance runs in inline testing mode.
         RelayError: the outcomes were not recorded within 30 s.
     """
     node = get_instance(instance)
     node.check_usable(relay=False)
+    if node.inline:
+        raise ConfigurationError(
+            f"instance {instance!r} runs in inline testing mode, which runs each job when it "
+            "is inserted, so there is no queue to drain; remove the drain_queue call"
+        )
     acker = node.acker
     counts: Counter[str] = Counter()
     while True:
