@@ -16,16 +16,22 @@ import logging
 import signal
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from tests.pgbouncer import run_bouncer
 
 from benchmarks import relay_bench
 from benchmarks.processes import ROOT, ChildFailed
 from benchmarks.report import count_failures, format_table, summarise
 from benchmarks.run import FULL, QUICK, run_once
 from benchmarks.server import database, environment
+
+# The tests' private PgBouncer serves the benchmark too, so both start it the same way.
+pgbouncer = contextmanager(run_bouncer)
 
 logger = logging.getLogger("benchmarks")
 
@@ -55,6 +61,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run the relay_actors worker node with --relaxed-claims (claims commit without "
         "waiting for the WAL flush)",
+    )
+    parser.add_argument(
+        "--pgbouncer",
+        action="store_true",
+        help="also run relay_actors' latency and smaller throughput workloads through a private "
+        "PgBouncer in transaction pooling mode (needs the pgbouncer binary)",
     )
     parser.add_argument(
         "--json",
@@ -92,9 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         with database(args.dsn) as (dsn, kind):
             env = environment(dsn, kind)
             env["relaxed_claims"] = args.relaxed_claims
-            for index in range(args.runs):
-                logger.info("run %d of %d", index + 1, args.runs)
-                runs.append(run_once(dsn, sizes, index))
+            with ExitStack() as stack:
+                bouncer_dsn = None
+                if args.pgbouncer:
+                    bouncer_dsn = stack.enter_context(pgbouncer(dsn)).dsn
+                    logger.info("PgBouncer in transaction pooling mode at %s", bouncer_dsn)
+                env["pgbouncer"] = args.pgbouncer
+                for index in range(args.runs):
+                    logger.info("run %d of %d", index + 1, args.runs)
+                    runs.append(run_once(dsn, sizes, index, bouncer_dsn))
     except ChildFailed as error:
         logger.error("benchmark failed: %s", error)
         return 1

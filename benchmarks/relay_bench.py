@@ -29,12 +29,18 @@ NODE_OPTIONS: list[str] = []
 CALLER_NODE_NAME = "bench-caller"
 
 
-def worker_node_arguments(dsn: str, schema: str) -> list[str]:
-    """Return the `python -m` arguments of a worker node running the bench queue."""
+def worker_node_arguments(dsn: str, schema: str, bouncer_dsn: str | None = None) -> list[str]:
+    """Return the `python -m` arguments of a worker node running the bench queue.
+
+    With `bouncer_dsn`, the node works through that PgBouncer and keeps a
+    direct connection to `dsn` for its listener.
+    """
+    through = ["--pgbouncer", "--listen-dsn", dsn] if bouncer_dsn else []
     return [
         "benchmarks.node",
         "--dsn",
-        dsn,
+        bouncer_dsn or dsn,
+        *through,
         "--prefix",
         schema,
         "--queue",
@@ -61,9 +67,10 @@ class RelaySide:
 
     name = "relay_actors"
 
-    def __init__(self, dsn: str, schema: str) -> None:
+    def __init__(self, dsn: str, schema: str, bouncer_dsn: str | None = None) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.bouncer_dsn = bouncer_dsn
         self.child: Child | None = None
         self.instance: relay_actors.Instance | None = None
         self._node_ids: list[str] = []
@@ -71,18 +78,24 @@ class RelaySide:
     def start(self) -> None:
         self._node_ids = []
         self.child = start_child(
-            "relay_actors worker node", worker_node_arguments(self.dsn, self.schema)
+            "relay_actors worker node",
+            worker_node_arguments(self.dsn, self.schema, self.bouncer_dsn),
         )
         node_id = self.child.ready_field("node")
         if node_id:
             self._node_ids.append(node_id)
+        through: dict[str, Any] = (
+            {"dsn": self.bouncer_dsn, "pgbouncer": True, "listen_dsn": self.dsn}
+            if self.bouncer_dsn
+            else {"dsn": self.dsn}
+        )
         self.instance = relay_actors.start(
             name=INSTANCE,
-            dsn=self.dsn,
             queues={},
             plugins=[Relay],
             prefix=self.schema,
             node=CALLER_NODE_NAME,
+            **through,
         )
         self._node_ids.append(self.instance.node_id)
 

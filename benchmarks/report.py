@@ -22,6 +22,9 @@ class Metric:
     digits: int
     # Reads the figure from one side's results of one run; None if absent.
     read: Callable[[Figures], float | None]
+    # Reads, from relay_actors' own results, the figure the ratio divides by,
+    # in place of the floor's; None compares with the floor.
+    baseline: Callable[[Figures], float | None] | None = None
 
 
 def _path(*keys: str, scale: float = 1.0) -> Callable[[Figures], float | None]:
@@ -100,6 +103,20 @@ def metrics(sizes: Sizes) -> list[Metric]:
             _path("bulk", "wal", "syncs_per_job"),
         ),
         Metric(
+            "pgbouncer_latency_p50_ms",
+            "through PgBouncer: latency p50 (ms); ratio against direct",
+            2,
+            _path("pgbouncer_latency", "p50_ms"),
+            _path("latency", "p50_ms"),
+        ),
+        Metric(
+            "pgbouncer_throughput_small_jobs_per_s",
+            f"through PgBouncer: throughput, {small} jobs (jobs/s); ratio against direct",
+            0,
+            _path("pgbouncer_throughput_small", "jobs_per_s"),
+            _path("throughput_small", "jobs_per_s"),
+        ),
+        Metric(
             "await_many_seconds",
             f"await_many over {sizes.await_many_jobs:,} relays (s)",
             3,
@@ -149,9 +166,15 @@ def summarise(runs: list[dict[str, Figures]], sizes: Sizes) -> list[dict[str, An
     summary = []
     for metric in metrics(sizes):
         values = {side: [metric.read(run[side]) for run in runs] for side in SIDES}
+        baseline = metric.baseline
+        divisors = (
+            values["floor"]
+            if baseline is None
+            else [baseline(run["relay_actors"]) for run in runs]
+        )
         ratios = [
-            ratio(relay, floor)
-            for relay, floor in zip(values["relay_actors"], values["floor"], strict=True)
+            ratio(relay, divisor)
+            for relay, divisor in zip(values["relay_actors"], divisors, strict=True)
         ]
         summary.append(
             {

@@ -95,8 +95,14 @@ def run_phase(
     return result
 
 
-def run_once(dsn: str, sizes: Sizes, index: int) -> dict[str, Any]:
-    """Run every workload once; return the figures of each side by workload name."""
+def run_once(
+    dsn: str, sizes: Sizes, index: int, bouncer_dsn: str | None = None
+) -> dict[str, Any]:
+    """Run every workload once; return the figures of each side by workload name.
+
+    With `bouncer_dsn`, relay_actors also runs the latency and the smaller
+    throughput workloads through that PgBouncer.
+    """
     with fresh_schema(dsn) as schema:
         relay = RelaySide(dsn, schema)
         floor = FloorSide(dsn, schema)
@@ -139,6 +145,23 @@ def run_once(dsn: str, sizes: Sizes, index: int) -> dict[str, Any]:
             lambda: relay.await_many(sizes.await_many_jobs, sizes.bulk_batch),
             None,
         )
+        if bouncer_dsn:
+            pooled = RelaySide(dsn, schema, bouncer_dsn)
+            results["relay_actors"]["pgbouncer_latency"] = run_phase(
+                dsn,
+                pooled,
+                f"{sizes.latency_rounds} sequential round trips through PgBouncer",
+                partial(pooled.latency, sizes.latency_rounds, sizes.warmup_rounds),
+                None,
+            )
+            results["relay_actors"]["pgbouncer_throughput_small"] = run_phase(
+                dsn,
+                pooled,
+                f"{sizes.small_jobs} jobs from {sizes.caller_threads} caller threads "
+                "through PgBouncer",
+                partial(pooled.throughput, sizes.small_jobs, sizes.caller_threads),
+                None,
+            )
         logger.info("relay_actors: memory with %d pending relays", sizes.pending_relays)
         results["relay_actors"]["memory"] = memory_workload(
             dsn, schema, sizes.pending_relays, sizes.completed_relays, sizes.memory_batch
