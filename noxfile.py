@@ -46,3 +46,10 @@ def typing_example(session: nox.Session) -> None:
     """Check the public API's result types with mypy in strict mode over a user-style example."""
     session.install("-e", ".[binary,embedded]", "mypy")
     session.run("mypy", "tests/typing/example_usage.py")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the docs site into site/ with MkDocs; any warning fails the build."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
