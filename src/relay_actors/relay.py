@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar, overload
 import psycopg
 import pykka
 
-from relay_actors.actors.messages import Track
+from relay_actors.actors.mailbox import track
 from relay_actors.awaiting import await_relays
 from relay_actors.errors import ConfigurationError, InvalidJobError
 from relay_actors.inserting import execute_insert
@@ -233,5 +233,5 @@ def _insert(
         )
         relays.append(Relay(inserted, mailbox, ref, instance.name, xid))
     tracked = tuple((str(relay.ref), row[0]) for relay, row in zip(relays, rows, strict=True))
-    mailbox.tell(Track(tracked))
+    track(mailbox, tracked)
     return relays

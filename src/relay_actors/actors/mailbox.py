@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections import OrderedDict
 from typing import Any
 
 import pykka
 from pykka import ThreadingFuture
+from pykka._envelope import Envelope
 
 from relay_actors.actors.directory import MailboxDirectory
 from relay_actors.actors.futures import CallbackFuture
@@ -25,6 +27,30 @@ from relay_actors.wire import Delivery
 logger = logging.getLogger("relay_actors.mailbox")
 
 DEFAULT_MAX_OUTCOMES = 10_000
+
+
+def track(mailbox: pykka.ActorRef[Any], items: tuple[tuple[str, int], ...]) -> None:
+    """Queue a `Track` of (ref, job id) pairs for `mailbox` without waking its thread.
+
+    Every reply or result the mailbox gives comes from a later message, which
+    wakes its thread, and the inbox is first in, first out, so the mailbox
+    always has the refs when it needs them. Inserting callers thus skip one
+    thread wake-up per insert. This reaches into pykka's inbox (a
+    queue.Queue of Envelope objects in pykka 4), so any other inbox type
+    falls back to a plain tell.
+
+    Raises:
+        pykka.ActorDeadError: the mailbox has stopped.
+    """
+    inbox = mailbox.actor_inbox
+    if not mailbox.is_alive():
+        raise pykka.ActorDeadError(f"{mailbox} not found")
+    if not isinstance(inbox, queue.Queue):
+        mailbox.tell(Track(items))
+        return
+    with inbox.mutex:
+        inbox.queue.append(Envelope(Track(items)))
+        inbox.unfinished_tasks += 1
 
 
 class RelayRefActor(pykka.ThreadingActor):
