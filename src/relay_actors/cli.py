@@ -189,15 +189,23 @@ def run_worker(args: argparse.Namespace) -> int:
                 "folder that contains it, or set PYTHONPATH",
                 module,
                 error,
+                extra={"action": "import_failed", "module": module},
             )
             return 2
     if not args.queue:
-        logger.error("no queue given: pass --queue NAME=EXECUTORS at least once")
+        logger.error(
+            "no queue given: pass --queue NAME=EXECUTORS at least once",
+            extra={"action": "invalid_option"},
+        )
         return 2
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s, stopping", signal.Signals(signum).name)
+        logger.info(
+            "received %s, stopping",
+            signal.Signals(signum).name,
+            extra={"action": "stop_requested"},
+        )
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -219,7 +227,7 @@ def run_worker(args: argparse.Namespace) -> int:
             shutdown_grace=args.grace,
         )
     except ConfigurationError as error:
-        logger.error("%s", error)
+        logger.error("%s", error, extra={"action": "start_failed"})
         return 2
     print(f"ready node={instance.node_id}", flush=True)
     try:
@@ -235,11 +243,14 @@ def _database_from(args: argparse.Namespace) -> tuple[str, str] | None:
     try:
         prefix = validate_prefix(args.prefix)
     except ConfigurationError as error:
-        logger.error("%s", error)
+        logger.error("%s", error, extra={"action": "invalid_option"})
         return None
     dsn = args.dsn or os.environ.get("RELAY_ACTORS_DSN") or os.environ.get("DATABASE_URL")
     if not dsn:
-        logger.error("no database given: pass --dsn, or set RELAY_ACTORS_DSN or DATABASE_URL")
+        logger.error(
+            "no database given: pass --dsn, or set RELAY_ACTORS_DSN or DATABASE_URL",
+            extra={"action": "invalid_option"},
+        )
         return None
     return dsn, prefix
 
@@ -256,10 +267,12 @@ def run_status(args: argparse.Namespace) -> int:
         ) as conn:
             status = read_status(conn, prefix)
     except SchemaNotMigrated as error:
-        logger.error("%s", error)
+        logger.error("%s", error, extra={"action": "status_failed"})
         return 2
     except psycopg.OperationalError as error:
-        logger.error("cannot read the status from PostgreSQL: %s", error)
+        logger.error(
+            "cannot read the status from PostgreSQL: %s", error, extra={"action": "status_failed"}
+        )
         return 1
     print(status_to_json(status) if args.json else status_to_text(status), end="")
     return 0

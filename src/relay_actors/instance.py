@@ -356,7 +356,12 @@ class Instance:
             with self.pool.connection(FORGET_NODE_TIMEOUT_SECONDS) as conn:
                 conn.execute(self.statements.delete_node, {"node_id": self.node_id})
         except Exception as error:  # noqa: BLE001 - a stale node row is harmless
-            logger.warning("could not remove node %s from the nodes table: %s", self.node_id, error)
+            logger.warning(
+                "could not remove node %s from the nodes table: %s",
+                self.node_id,
+                error,
+                extra={"action": "forget_node_failed", "node": self.node_id},
+            )
 
     def __enter__(self) -> Instance:
         return self

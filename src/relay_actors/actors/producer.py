@@ -161,7 +161,12 @@ class ProducerActor(pykka.ThreadingActor):
         elif isinstance(message, Release):
             return [job for job, _ in self._running.values()]
         else:
-            logger.warning("producer %s dropped an unknown message %r", self._queue, type(message))
+            logger.warning(
+                "producer %s dropped an unknown message %r",
+                self._queue,
+                type(message),
+                extra={"action": "unknown_message", "queue": self._queue},
+            )
         return None
 
     def statistics(self) -> dict[str, int]:
