@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from relay_actors.errors import ConfigurationError
 from relay_actors.instances import start
@@ -27,6 +28,18 @@ logger = logging.getLogger("relay_actors.cli")
 # The worker reads the signing secret from the environment, not the command
 # line, where other users of the machine could read it.
 SECRET_VARIABLE = "RELAY_ACTORS_SECRET"
+
+
+def _server_of(dsn: str | None) -> str:
+    """Return host, port and database of the DSN the node uses, without its password."""
+    dsn = dsn or os.environ.get("RELAY_ACTORS_DSN") or os.environ.get("DATABASE_URL") or ""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "the given DSN"
+    host = parts.get("host") or "localhost"
+    port = parts.get("port") or 5432
+    return f"{host}:{port}/{parts.get('dbname') or parts.get('user') or ''}"
 
 
 def _queue_option(text: str) -> tuple[str, int]:
@@ -229,6 +242,14 @@ def run_worker(args: argparse.Namespace) -> int:
     except ConfigurationError as error:
         logger.error("%s", error, extra={"action": "start_failed"})
         return 2
+    except psycopg.OperationalError as error:
+        logger.error(
+            "cannot start the node: PostgreSQL at %s refused or failed the connection: %s",
+            _server_of(args.dsn),
+            str(error).strip(),
+            extra={"action": "start_failed"},
+        )
+        return 1
     print(f"ready node={instance.node_id}", flush=True)
     try:
         while not stop_requested.wait(1.0):

@@ -101,6 +101,8 @@ class Instance:
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stopped = False
+        # Set once the node's row is written, so a failed start does not try to delete it.
+        self._registered = False
         self._stop_lock = threading.Lock()
 
     # Lifecycle
@@ -120,6 +122,7 @@ class Instance:
                     "workers": registered_worker_names(),
                 },
             )
+        self._registered = True
         options = self.options
         common = {"dsn": self.dsn, "prefix": self.prefix, "node_id": self.node_id}
         start = self._supervisor.start_child
@@ -352,6 +355,8 @@ class Instance:
             )
 
     def _forget_node(self) -> None:
+        if not self._registered:
+            return
         try:
             with self.pool.connection(FORGET_NODE_TIMEOUT_SECONDS) as conn:
                 conn.execute(self.statements.delete_node, {"node_id": self.node_id})

@@ -7,12 +7,16 @@ fixture, on the test's schema.
 from __future__ import annotations
 
 import re
+import secrets
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from relay_actors import Error, Instance, JobError, Ok, Relay
 from tests.conftest import NodeProcess, wait_until
@@ -114,3 +118,14 @@ def test_stopped_node_closes_connections(
         timeout=CLEANUP_TIMEOUT,
         message=lambda: f"connections left after the node exited: {connections()}",
     )
+
+
+def test_unreachable_database_fails_cleanly(database_dsn: str) -> None:
+    missing = make_conninfo(database_dsn, dbname=f"relay_actors_missing_{secrets.token_hex(4)}")
+    command = [sys.executable, "-m", "relay_actors", "worker", "--dsn", missing, "--queue", "q=1"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert finished.returncode == 1
+    assert "does not exist" in finished.stderr
+    assert "cannot start the node" in finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert "could not remove node" not in finished.stderr
