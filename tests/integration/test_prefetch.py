@@ -1,4 +1,5 @@
-"""Jobs a producer claims ahead of its executors: returned at shutdown, dropped when cancelled."""
+"""Jobs a producer claims ahead of its executors: returned at shutdown and at a restart,
+dropped when cancelled."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pykka
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from relay_actors import Error, Instance, Ok, Reason, Relay
+from relay_actors.actors.producer import ProducerActor
 from tests.conftest import wait_until
 from tests.workers import SLOW_QUEUE, WaitsForFile
 
@@ -111,3 +114,34 @@ def test_cancelled_prefetched_job_never_runs(
     assert Relay.await_(waiting, timeout=RESULT_TIMEOUT) == Error(Reason.CANCELLED)
     assert read_job(db, prefix, waiting.job.id)["state"] == "cancelled"
     assert producer_figures(worker)["claimed"] == 5
+
+
+def test_restarted_producer_returns_prefetched_job(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate"
+    _, worker, _, waiting = start_with_prefetched_job(start_instance, db, prefix, gate)
+    producers = [
+        ref
+        for ref in pykka.ActorRegistry.get_by_class(ProducerActor)
+        if ref.proxy().statistics().get(timeout=RESULT_TIMEOUT)["prefetched"] == 1
+    ]
+    assert len(producers) == 1, f"expected one producer with a prefetched job, found {producers}"
+    # Stopping the actor from outside the instance looks to the supervisor like a crash.
+    producers[0].stop()
+
+    # The stopped producer returns the job uncounted, and the restarted one
+    # runs it as attempt 1. Had it stayed claimed, nothing would run it while
+    # this node heartbeats.
+    wait_until(
+        lambda: worker.statistics()["restarts"].get(f"producer {SLOW_QUEUE}") == 1,
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"no producer restart; restarts: {worker.statistics()['restarts']}",
+    )
+    assert Relay.await_(waiting, timeout=RESULT_TIMEOUT) == Ok("released")
+    assert read_job(db, prefix, waiting.job.id)["attempt"] == 1
+    # Let the blocked job's thread, left by the stopped executor, finish.
+    gate.touch()

@@ -122,12 +122,16 @@ class ProducerActor(pykka.ThreadingActor):
         deadline = time.monotonic() + EXECUTOR_STOP_SECONDS
         for executor in self._executors:
             executor.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+        # A producer that stops without a drain (a supervisor restart) still
+        # returns its prefetched jobs, which no later producer knows about.
+        self._return_ready()
         self._hand_to_acker()
         self._close()
 
     def on_failure(self, *exc_info: Any) -> None:
         for executor in self._executors:
             executor.stop(block=False)
+        self._return_ready()
         self._hand_to_acker()
         self._close()
 
@@ -231,12 +235,18 @@ class ProducerActor(pykka.ThreadingActor):
         if not self._ready:
             return
         ids = [job.id for job in self._ready]
+        attempts = [job.attempt for job in self._ready]
         self._ready.clear()
         try:
             conn = self._connection()
             conn.execute(
                 self._statements.unclaim,
-                {"ids": ids, "node": self._node_id, "channel": insert_channel(self._prefix)},
+                {
+                    "ids": ids,
+                    "attempts": attempts,
+                    "node": self._node_id,
+                    "channel": insert_channel(self._prefix),
+                },
             )
         except psycopg.Error as error:
             logger.warning(

@@ -123,13 +123,24 @@ class OutcomeWriter:
             [o for o in batch if (o.job_id, o.attempt) in recorded & held_back]
         )
         if resend:
-            conn.execute(
-                self._statements.notify_many,
-                {
-                    "channel": [channel for channel, _, _ in resend],
-                    "payload": [payload for _, payload, _ in resend],
-                },
-            )
+            # The outcomes, and any claim made with them, are committed: a
+            # failure now must not make the caller drop or write them again.
+            try:
+                conn.execute(
+                    self._statements.notify_many,
+                    {
+                        "channel": [channel for channel, _, _ in resend],
+                        "payload": [payload for _, payload, _ in resend],
+                    },
+                )
+            except psycopg.Error as error:
+                logger.warning(
+                    "sending %d held-back relay results failed; their callers read them from "
+                    "the rows at the next safety-net poll or at their deadline: %s",
+                    len(resend),
+                    error,
+                    extra={"action": "resend_failed"},
+                )
         logger.info(
             "%d of %d outcomes were not recorded because their attempts had ended already "
             "(the jobs were cancelled, rescued or released)",

@@ -51,14 +51,17 @@ RETURNING j.id, j.queue, j.worker, j.args, j.meta, j.tags, j.attempt, j.max_atte
 """
 
 # Returns jobs that a node claimed but never started to the queue: their
-# attempt is not counted. It wakes the queue's nodes so that another can
-# take them.
+# attempt is not counted. Only the claimed attempt matches, so a job rescued
+# and claimed again meanwhile keeps running. It wakes the queue's nodes so
+# that another can take them.
 _UNCLAIM = """
 WITH returned AS (
-    UPDATE {jobs}
-    SET state = 'available', attempt = attempt - 1, attempted_at = NULL, attempted_by = NULL
-    WHERE id = ANY(%(ids)s::bigint[]) AND state = 'executing' AND attempted_by = %(node)s
-    RETURNING queue
+    UPDATE {jobs} AS j
+    SET state = 'available', attempt = j.attempt - 1, attempted_at = NULL, attempted_by = NULL
+    FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[]) AS r(id, attempt)
+    WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'executing'
+      AND j.attempted_by = %(node)s
+    RETURNING j.queue
 )
 SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM returned) AS queues
 """
