@@ -30,6 +30,15 @@ logger = logging.getLogger("relay_actors.cli")
 SECRET_VARIABLE = "RELAY_ACTORS_SECRET"
 
 
+# What each subcommand was doing, for the error line of a failed connection.
+_PURPOSES = {
+    "worker": "start the node",
+    "migrate": "migrate the schema",
+    "status": "read the status",
+    "demo": "run the demo",
+}
+
+
 def _server_of(dsn: str | None) -> str:
     """Return host, port and database of the DSN the node uses, without its password."""
     dsn = dsn or os.environ.get("RELAY_ACTORS_DSN") or os.environ.get("DATABASE_URL") or ""
@@ -242,14 +251,6 @@ def run_worker(args: argparse.Namespace) -> int:
     except ConfigurationError as error:
         logger.error("%s", error, extra={"action": "start_failed"})
         return 2
-    except psycopg.OperationalError as error:
-        logger.error(
-            "cannot start the node: PostgreSQL at %s refused or failed the connection: %s",
-            _server_of(args.dsn),
-            str(error).strip(),
-            extra={"action": "start_failed"},
-        )
-        return 1
     print(f"ready node={instance.node_id}", flush=True)
     try:
         while not stop_requested.wait(1.0):
@@ -290,11 +291,6 @@ def run_status(args: argparse.Namespace) -> int:
     except SchemaNotMigrated as error:
         logger.error("%s", error, extra={"action": "status_failed"})
         return 2
-    except psycopg.OperationalError as error:
-        logger.error(
-            "cannot read the status from PostgreSQL: %s", error, extra={"action": "status_failed"}
-        )
-        return 1
     print(status_to_json(status) if args.json else status_to_text(status), end="")
     return 0
 
@@ -339,3 +335,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"relay-actors {args.command}: interrupted", file=sys.stderr)
         return 130
+    except psycopg.OperationalError as error:
+        # A server that is down, or a wrong host, database or role: one line
+        # with the cause says more to an operator than a traceback.
+        logger.error(
+            "cannot %s: PostgreSQL at %s refused or failed the connection: %s",
+            _PURPOSES[args.command],
+            _server_of(getattr(args, "dsn", None)),
+            str(error).strip(),
+            extra={"action": "connect_failed"},
+        )
+        return 1

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -129,3 +130,19 @@ def test_unreachable_database_fails_cleanly(database_dsn: str) -> None:
     assert "cannot start the node" in finished.stderr
     assert "Traceback" not in finished.stderr
     assert "could not remove node" not in finished.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "purpose"),
+    [(["migrate"], "cannot migrate the schema"), (["status"], "cannot read the status")],
+)
+def test_unreachable_database_other_commands(
+    database_dsn: str, command: list[str], purpose: str
+) -> None:
+    missing = make_conninfo(database_dsn, dbname=f"relay_actors_missing_{secrets.token_hex(4)}")
+    arguments = [sys.executable, "-m", "relay_actors", *command, "--dsn", missing]
+    finished = subprocess.run(arguments, capture_output=True, text=True, timeout=60, check=False)
+    assert finished.returncode == 1
+    assert purpose in finished.stderr
+    assert "does not exist" in finished.stderr
+    assert "Traceback" not in finished.stderr
