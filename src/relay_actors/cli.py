@@ -30,7 +30,7 @@ logger = logging.getLogger("relay_actors.cli")
 SECRET_VARIABLE = "RELAY_ACTORS_SECRET"
 
 
-# What each subcommand was doing, for the error line of a failed connection.
+# The task of each subcommand, named in the error line of a failed connection.
 _PURPOSES = {
     "worker": "start the node",
     "migrate": "migrate the schema",
@@ -336,8 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relay-actors {args.command}: interrupted", file=sys.stderr)
         return 130
     except psycopg.OperationalError as error:
-        # A server that is down, or a wrong host, database or role: one line
-        # with the cause says more to an operator than a traceback.
+        # A server that is down, or a wrong host, database or role. One line
+        # with the cause is clearer to an operator than a traceback.
         logger.error(
             "cannot %s: PostgreSQL at %s refused or failed the connection: %s",
             _PURPOSES[args.command],

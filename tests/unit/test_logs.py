@@ -34,11 +34,11 @@ def test_filter_exclude_drops_listed_actions() -> None:
 
 
 def test_filter_on_handler_selects_child_loggers() -> None:
-    kept: list[str] = []
+    passed_messages: list[str] = []
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            kept.append(record.getMessage())
+            passed_messages.append(record.getMessage())
 
     handler = Collect()
     handler.addFilter(ActionFilter("listener_down"))
@@ -54,7 +54,7 @@ def test_filter_on_handler_selects_child_loggers() -> None:
         parent.removeHandler(handler)
         child.setLevel(previous)
 
-    assert kept == ["lost"]
+    assert passed_messages == ["lost"]
 
 
 def test_filter_rejects_bad_actions() -> None:

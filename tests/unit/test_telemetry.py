@@ -21,14 +21,14 @@ Call = tuple[Event, dict[str, Any], dict[str, Any]]
 @pytest.fixture
 def handler_id() -> Iterator[Callable[[], str]]:
     """Factory of unique handler ids; every handler attached under them is detached after."""
-    made: list[str] = []
+    handler_ids: list[str] = []
 
     def make() -> str:
-        made.append(f"test-{secrets.token_hex(4)}")
-        return made[-1]
+        handler_ids.append(f"test-{secrets.token_hex(4)}")
+        return handler_ids[-1]
 
     yield make
-    for name in made:
+    for name in handler_ids:
         telemetry.detach(name)
 
 
