@@ -71,3 +71,15 @@ def test_failing_callback_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert future.get(timeout=0) == 1
     assert "done callback failed" in caplog.text
     assert "callback broke" in caplog.text
+
+
+def test_offer_keeps_first_value() -> None:
+    future: CallbackFuture[str] = CallbackFuture()
+    calls: list[str] = []
+    future.add_done_callback(lambda: calls.append(future.get(timeout=0)))
+
+    assert future.offer("from the listener")
+    assert not future.offer("from the mailbox")
+
+    assert future.get(timeout=0) == "from the listener"
+    assert calls == ["from the listener"]

@@ -1,4 +1,4 @@
-"""Routing table from mailbox URNs and adopted refs to live mailbox actors."""
+"""Routing table from mailbox URNs and adopted refs to live mailbox actors, and waiting futures."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 from pykka import ActorRef
 
+from relay_actors.actors.futures import CallbackFuture
+
 
 class MailboxDirectory:
     """Thread-safe map that the listener uses to route each result to its mailbox.
@@ -14,12 +16,17 @@ class MailboxDirectory:
     A result names the mailbox of the thread that inserted the relay. When that
     mailbox has stopped and another thread awaits the relay, the new mailbox
     adopts the ref, and results for the ref go there instead.
+
+    Mailboxes also list here the futures that callers wait on, so the listener
+    can resolve a waiting future with a final result itself. The caller then
+    wakes without a hand-off through the mailbox's thread.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._mailboxes: dict[str, ActorRef[Any]] = {}
         self._adopted: dict[str, ActorRef[Any]] = {}
+        self._waiting: dict[str, list[CallbackFuture[Any]]] = {}
 
     def add(self, urn: str, mailbox: ActorRef[Any]) -> None:
         with self._lock:
@@ -46,6 +53,26 @@ class MailboxDirectory:
             if adopter is not None:
                 return adopter
             return self._mailboxes.get(urn)
+
+    def add_waiting(self, ref: str, future: CallbackFuture[Any]) -> None:
+        """List `future` as waiting for the final result of `ref`."""
+        with self._lock:
+            self._waiting.setdefault(ref, []).append(future)
+
+    def remove_waiting(self, ref: str, future: CallbackFuture[Any]) -> None:
+        """Remove `future` from the futures waiting for `ref`, if listed."""
+        with self._lock:
+            futures = self._waiting.get(ref)
+            if futures is None:
+                return
+            futures[:] = [waiting for waiting in futures if waiting is not future]
+            if not futures:
+                del self._waiting[ref]
+
+    def take_waiting(self, ref: str) -> list[CallbackFuture[Any]]:
+        """Remove and return the futures waiting for the final result of `ref`."""
+        with self._lock:
+            return self._waiting.pop(ref, [])
 
     def mailboxes(self) -> list[ActorRef[Any]]:
         with self._lock:

@@ -9,6 +9,7 @@ wakes its event loop.
 from __future__ import annotations
 
 import logging
+import queue
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,6 +49,18 @@ class CallbackFuture(ThreadingFuture[T]):
     def set(self, value: Any | None = None) -> None:
         super().set(value)
         self._run_callbacks()
+
+    def offer(self, value: Any) -> bool:
+        """Set `value` unless the future is done already; return True if it was set.
+
+        The listener and the mailbox may both resolve one waiting future, and
+        the first value wins.
+        """
+        try:
+            self.set(value)
+        except queue.Full:
+            return False
+        return True
 
     def set_exception(self, exc_info: Any = None) -> None:
         super().set_exception(exc_info)

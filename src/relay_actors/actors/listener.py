@@ -12,6 +12,7 @@ import pykka
 from psycopg import sql
 
 from relay_actors.actors.directory import MailboxDirectory
+from relay_actors.actors.mailbox import post_quietly
 from relay_actors.actors.messages import CancelRunning, Deliver, Poll, Recheck, Wake
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.store.connect import connect
@@ -272,7 +273,8 @@ class ListenerActor(pykka.ThreadingActor):
             self.dropped += 1
             self._malformed.warn("listener dropped a malformed relay notification: %s", error)
             return
-        targets: dict[str, tuple[pykka.ActorRef[Any], list[Entry]]] = {}
+        # Per mailbox: its entries, and whether a caller waits on every one of them.
+        targets: dict[str, tuple[pykka.ActorRef[Any], list[Entry], list[bool]]] = {}
         for entry in entries:
             if self._secret is not None and not verify_entry(entry, self._secret):
                 self.dropped += 1
@@ -291,10 +293,30 @@ class ListenerActor(pykka.ThreadingActor):
                     extra={"action": "relay_unroutable", "ref": entry.ref},
                 )
                 continue
-            targets.setdefault(mailbox.actor_urn, (mailbox, []))[1].append(entry)
-        for mailbox, group in targets.values():
+            target = targets.setdefault(mailbox.actor_urn, (mailbox, [], []))
+            target[1].append(entry)
+            target[2].append(self._resolve_waiting(entry))
+        for mailbox, group, resolved in targets.values():
             try:
-                mailbox.tell(Deliver(tuple(group)))
+                if all(resolved):
+                    # The callers have their results: the mailbox only updates
+                    # its records, which can wait until something wakes it.
+                    post_quietly(mailbox, Deliver(tuple(group)))
+                else:
+                    mailbox.tell(Deliver(tuple(group)))
                 self.delivered += len(group)
             except pykka.ActorDeadError:
                 self.unroutable += len(group)
+
+    def _resolve_waiting(self, entry: Entry) -> bool:
+        """Give a final result to the futures that callers wait on; return True if any took it.
+
+        This wakes each caller directly, one thread hand-off sooner than the
+        mailbox could. The mailbox still gets the result, for its records.
+        """
+        if not entry.delivery.final:
+            return False
+        resolved = False
+        for future in self._directory.take_waiting(entry.ref):
+            resolved = future.offer(entry.delivery) or resolved
+        return resolved

@@ -35,9 +35,21 @@ def track(mailbox: pykka.ActorRef[Any], items: tuple[tuple[str, int], ...]) -> N
     Every reply or result the mailbox gives comes from a later message, which
     wakes its thread, and the inbox is first in, first out, so the mailbox
     always has the refs when it needs them. Inserting callers thus skip one
-    thread wake-up per insert. This reaches into pykka's inbox (a
-    queue.Queue of Envelope objects in pykka 4), so any other inbox type
-    falls back to a plain tell.
+    thread wake-up per insert.
+
+    Raises:
+        pykka.ActorDeadError: the mailbox has stopped.
+    """
+    post_quietly(mailbox, Track(items))
+
+
+def post_quietly(mailbox: pykka.ActorRef[Any], message: Track | Deliver) -> None:
+    """Queue `message` for `mailbox` without waking its thread.
+
+    The mailbox handles it before the next message that wakes it: an await,
+    a result that no caller awaits yet, or the poller's periodic `PendingRefs`.
+    This reaches into pykka's inbox (a queue.Queue of Envelope objects in
+    pykka 4), so any other inbox type falls back to a plain tell.
 
     Raises:
         pykka.ActorDeadError: the mailbox has stopped.
@@ -46,10 +58,10 @@ def track(mailbox: pykka.ActorRef[Any], items: tuple[tuple[str, int], ...]) -> N
     if not mailbox.is_alive():
         raise pykka.ActorDeadError(f"{mailbox} not found")
     if not isinstance(inbox, queue.Queue):
-        mailbox.tell(Track(items))
+        mailbox.tell(message)
         return
     with inbox.mutex:
-        inbox.queue.append(Envelope(Track(items)))
+        inbox.queue.append(Envelope(message))
         inbox.unfinished_tasks += 1
 
 
@@ -80,7 +92,9 @@ class RelayRefActor(pykka.ThreadingActor):
         self._outcomes: OrderedDict[str, Delivery] = OrderedDict()
         # Refs without a final outcome yet: ref -> (job id, monotonic time tracked).
         self._pending: dict[str, tuple[int, float]] = {}
-        self._waiters: dict[str, list[tuple[ThreadingFuture[Any], bool]]] = {}
+        # Futures that callers wait on, also listed in the directory, where the
+        # listener resolves them with final results.
+        self._waiters: dict[str, list[tuple[CallbackFuture[Any], bool]]] = {}
 
     def on_start(self) -> None:
         self._directory.add(self.actor_urn, self.actor_ref)
@@ -88,9 +102,10 @@ class RelayRefActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._directory.remove(self.actor_urn)
         # Callers still waiting here read the row and move to a live mailbox.
-        for waits in self._waiters.values():
+        for ref, waits in self._waiters.items():
+            self._directory.take_waiting(ref)
             for future, _ in waits:
-                future.set(READ_ROW)
+                future.offer(READ_ROW)
         self._waiters.clear()
 
     def on_receive(self, message: Any) -> Any:
@@ -139,24 +154,28 @@ class RelayRefActor(pykka.ThreadingActor):
         if delivery.final:
             self._pending.pop(ref, None)
             self._directory.release(ref)
+            self._directory.take_waiting(ref)
         while len(self._outcomes) > self._max_outcomes:
             self._outcomes.popitem(last=False)
         waits = self._waiters.get(ref)
         if not waits:
             return
-        remaining: list[tuple[ThreadingFuture[Any], bool]] = []
+        remaining: list[tuple[CallbackFuture[Any], bool]] = []
         for future, with_retries in waits:
             if with_retries and not delivery.final:
                 remaining.append((future, with_retries))
-            else:
-                future.set(delivery)
+                continue
+            # The listener may have resolved it with this result already.
+            future.offer(delivery)
+            if not delivery.final:
+                self._directory.remove_waiting(ref, future)
         if remaining:
             self._waiters[ref] = remaining
         else:
             del self._waiters[ref]
 
     def _await(self, ref: str, job_id: int, with_retries: bool) -> ThreadingFuture[Any]:
-        future: ThreadingFuture[Any] = CallbackFuture()
+        future: CallbackFuture[Any] = CallbackFuture()
         known = self._outcomes.get(ref)
         if known is not None and known.final:
             future.set(known)
@@ -174,6 +193,7 @@ class RelayRefActor(pykka.ThreadingActor):
             future.set(known)
             return future
         self._waiters.setdefault(ref, []).append((future, with_retries))
+        self._directory.add_waiting(ref, future)
         return future
 
     def _pending_refs(self, ttl: float) -> list[tuple[str, int]]:
@@ -196,6 +216,8 @@ class RelayRefActor(pykka.ThreadingActor):
         return [(ref, job_id) for ref, (job_id, _) in self._pending.items()]
 
     def _forget(self, ref: str, future: ThreadingFuture[Any]) -> None:
+        if isinstance(future, CallbackFuture):
+            self._directory.remove_waiting(ref, future)
         waits = self._waiters.get(ref)
         if not waits:
             return
