@@ -6,6 +6,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic
@@ -65,20 +66,34 @@ def _json_problem(name: str, value: object) -> str | None:
         text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as error:
         return f"{name} is not JSON-serialisable: {error}"
-    # The encoder writes NUL as \u0000, so only a text with that sequence
-    # needs the walk (a string may also contain those six characters).
-    if "\\u0000" in text and _contains_nul(value):
+    # The encoder writes NUL as \u0000 and surrogates as \udXXX escapes, so
+    # only a text with those sequences needs the walk (a character outside
+    # the Basic Multilingual Plane is written as two such escapes as well).
+    if "\\u0000" in text and _any_string(value, _NUL.search):
         return f"{name} contains a NUL character (\\x00) in a string, which jsonb cannot store"
+    if "\\ud" in text and _any_string(value, _SURROGATE.search):
+        return (
+            f"{name} contains a lone surrogate code point (U+D800 to U+DFFF) in a string, "
+            "which UTF-8 and so jsonb cannot store; decode the text with a codec that "
+            "produces none, for example errors='replace'"
+        )
     return None
 
 
-def _contains_nul(value: object) -> bool:
+_NUL = re.compile("\x00")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _any_string(value: object, match: Callable[[str], object]) -> bool:
+    """Tell whether `match` finds something in any string key or value within `value`."""
     if isinstance(value, str):
-        return "\x00" in value
+        return bool(match(value))
     if isinstance(value, dict):
-        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
+        return any(
+            _any_string(key, match) or _any_string(item, match) for key, item in value.items()
+        )
     if isinstance(value, list | tuple):
-        return any(_contains_nul(item) for item in value)
+        return any(_any_string(item, match) for item in value)
     return False
 
 

@@ -46,6 +46,12 @@ def test_scheduled_in_sets_aware_time() -> None:
     assert before + timedelta(seconds=59) < job.scheduled_at < before + timedelta(seconds=61)
 
 
+def test_astral_character_is_valid() -> None:
+    # json writes it as a surrogate pair of escapes, which jsonb accepts.
+    job = Echo.new({"value": "\U0001f600"})
+    assert job.args == {"value": "\U0001f600"}
+
+
 INVALID = [
     pytest.param({"args": [1, 2]}, "args", id="args-list"),
     pytest.param({"args": None}, "args", id="args-none"),
@@ -54,6 +60,8 @@ INVALID = [
     pytest.param({"args": {"value": object()}}, "args", id="args-object"),
     pytest.param({"args": {"value": float("nan")}}, "args", id="args-nan"),
     pytest.param({"args": {"value": "nul \x00"}}, "args", id="args-nul"),
+    pytest.param({"args": {"\ud800": None}}, "args", id="args-surrogate-key"),
+    pytest.param({"meta": {"list": ["a\udfff"]}}, "meta", id="meta-surrogate-value"),
     pytest.param({"meta": {"value": {1, 2}}}, "meta", id="meta-set"),
     pytest.param({"queue": ""}, "queue", id="queue-empty"),
     pytest.param({"queue": "has space"}, "queue", id="queue-space"),
