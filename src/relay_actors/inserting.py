@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -13,6 +14,11 @@ from relay_actors.store.connect import ConnectionPool
 from relay_actors.store.statements import Statements
 
 Row = tuple[Any, ...]
+
+# Maximum time a batch waits for the callers that shared the previous batch.
+# With 4 caller threads on 2 cores, a caller took about 0.15 ms of Python to
+# reach its next insert, and a statement 0.4 to 1 ms (measured).
+GATHER_SECONDS = 0.0005
 
 
 def execute_insert(
@@ -69,15 +75,33 @@ class InsertCombiner:
     inserts every job that queued up meanwhile in one statement and one
     transaction. If that statement fails, every caller in it gets the error
     and none of its jobs is inserted.
+
+    A batch waits up to `gather_seconds` until as many callers have queued as
+    shared the previous batch. Callers that insert in a loop then keep
+    sharing one statement, instead of splitting into a statement for those
+    that queued during the last one and a late one for the rest. A caller
+    that inserts alone does not wait, because its own batches hold one
+    request. It waits once, for the window, when it comes alone right after
+    a shared batch.
     """
 
-    def __init__(self, pool: ConnectionPool, statements: Statements, channel: str) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        statements: Statements,
+        channel: str,
+        gather_seconds: float = GATHER_SECONDS,
+    ) -> None:
         self._pool = pool
+        self._gather_seconds = gather_seconds
         self._statements = statements
         self._channel = channel
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._waiting: list[_Request] = []
         self._busy = False
+        # Requests that the next batch waits for: the size of the last batch.
+        self._expected = 1
         self.statements_run = 0
         self.jobs_inserted = 0
 
@@ -88,6 +112,8 @@ class InsertCombiner:
             self._waiting.append(request)
             lead = not self._busy
             self._busy = True
+            if not lead and len(self._waiting) >= self._expected:
+                self._arrived.notify()
         if not lead:
             try:
                 request.done.wait()
@@ -101,7 +127,14 @@ class InsertCombiner:
         return _result(request)
 
     def _run_batch(self) -> None:
+        interrupted: BaseException | None = None
         with self._lock:
+            try:
+                self._gather()
+            except BaseException as error:  # noqa: BLE001 - raised once the batch has run
+                # The queued callers wait on this leader, so it inserts their
+                # jobs before the interruption reaches its own caller.
+                interrupted = error
             batch, self._waiting = self._waiting, []
         jobs = [job for request in batch for job in request.jobs]
         metas = [meta for request in batch for meta in request.metas]
@@ -122,6 +155,20 @@ class InsertCombiner:
         for request in batch:
             request.lead = False
             request.done.set()
+        if interrupted is not None:
+            raise interrupted
+
+    def _gather(self) -> None:
+        """Wait, holding the lock, until the expected callers have queued or the window ends."""
+        expected = self._expected
+        if len(self._waiting) < expected:
+            deadline = time.monotonic() + self._gather_seconds
+            while len(self._waiting) < expected:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.wait(remaining)
+        self._expected = max(1, len(self._waiting))
 
     def _hand_over(self) -> None:
         """Make the first waiting caller run the next batch, or mark the combiner idle."""

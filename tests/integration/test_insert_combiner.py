@@ -1,0 +1,145 @@
+"""InsertCombiner: concurrent inserts share statements, and a batch gathers its usual callers.
+
+Each test builds its own combiner on a started instance's pool. A table lock
+held from another connection keeps the first statement waiting, so the
+order in which callers queue is fixed and no test depends on timing, except
+for lower bounds on a wait.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from relay_actors.inserting import InsertCombiner, Row
+from relay_actors.instance import Instance
+from relay_actors.job import Job
+from tests.conftest import wait_until
+
+THREAD_SECONDS = 10.0
+
+
+def new_job() -> tuple[Job, dict[str, Any]]:
+    """Return a job of a queue that no node runs, and its meta with a relay ref."""
+    job: Job = Job(worker="tests.workers.Echo", args={}, queue="idle")
+    return job, {"relay": {"ref": str(uuid.uuid4())}}
+
+
+class Caller(threading.Thread):
+    """Inserts one job through the combiner on its own thread."""
+
+    def __init__(self, combiner: InsertCombiner) -> None:
+        super().__init__(daemon=True)
+        self._combiner = combiner
+        self.rows: list[Row] = []
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        job, meta = new_job()
+        started = time.monotonic()
+        self.rows = self._combiner.insert([job], [meta])
+        self.seconds = time.monotonic() - started
+
+
+@contextmanager
+def jobs_locked(database_dsn: str, prefix: str) -> Iterator[None]:
+    """Block inserts into the jobs table until the block ends."""
+    with psycopg.connect(database_dsn) as conn:
+        conn.execute(
+            sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(prefix, "jobs"))
+        )
+        yield
+        conn.rollback()
+
+
+def queued(combiner: InsertCombiner) -> int:
+    """Return how many requests wait for the combiner's next batch."""
+    return len(combiner._waiting)
+
+
+def run_batch_of_two(combiner: InsertCombiner, database_dsn: str, prefix: str) -> None:
+    """Insert one job alone, then two together, so that the next batch expects two callers."""
+    first = Caller(combiner)
+    waiting = [Caller(combiner), Caller(combiner)]
+    with jobs_locked(database_dsn, prefix):
+        first.start()
+        wait_until(
+            lambda: combiner._busy and not combiner._waiting,
+            timeout=THREAD_SECONDS,
+            message="the first caller did not start its statement",
+        )
+        for caller in waiting:
+            caller.start()
+        wait_until(
+            lambda: queued(combiner) == 2,
+            timeout=THREAD_SECONDS,
+            message="two callers did not queue",
+        )
+    for caller in (first, *waiting):
+        caller.join(THREAD_SECONDS)
+    assert combiner.statements_run == 2
+    assert combiner.jobs_inserted == 3
+
+
+def test_combiner_queued_callers_share_statement(
+    start_instance: Callable[..., Instance], database_dsn: str, prefix: str
+) -> None:
+    instance = start_instance()
+    combiner = InsertCombiner(instance.pool, instance.statements, instance.insert_channel)
+
+    run_batch_of_two(combiner, database_dsn, prefix)
+
+    assert combiner._expected == 2
+
+
+def test_combiner_batch_gathers_previous_callers(
+    start_instance: Callable[..., Instance], database_dsn: str, prefix: str
+) -> None:
+    instance = start_instance()
+    combiner = InsertCombiner(
+        instance.pool, instance.statements, instance.insert_channel, gather_seconds=THREAD_SECONDS
+    )
+    run_batch_of_two(combiner, database_dsn, prefix)
+    leader, late = Caller(combiner), Caller(combiner)
+
+    leader.start()
+    wait_until(
+        lambda: queued(combiner) == 1, timeout=THREAD_SECONDS, message="the leader did not queue"
+    )
+    late.start()
+    leader.join(THREAD_SECONDS)
+    late.join(THREAD_SECONDS)
+
+    assert combiner.statements_run == 3
+    assert combiner.jobs_inserted == 5
+    assert leader.rows[0][0] != late.rows[0][0]
+
+
+def test_combiner_lone_caller_waits_once(
+    start_instance: Callable[..., Instance], database_dsn: str, prefix: str
+) -> None:
+    instance = start_instance()
+    gather_seconds = 0.3
+    combiner = InsertCombiner(
+        instance.pool, instance.statements, instance.insert_channel, gather_seconds=gather_seconds
+    )
+    run_batch_of_two(combiner, database_dsn, prefix)
+
+    alone = Caller(combiner)
+    alone.run()
+    again = Caller(combiner)
+    again.run()
+
+    assert alone.seconds >= gather_seconds
+    assert combiner._expected == 1
+    # The window is long against an insert into a local server, which takes
+    # about a millisecond, so this bound holds on a slow machine too.
+    assert again.seconds < gather_seconds
+    assert combiner.statements_run == 4
