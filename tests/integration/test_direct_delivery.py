@@ -1,4 +1,5 @@
-"""The listener hands final results straight to the futures that callers wait on.
+"""The listener hands final results straight to the futures that callers wait on,
+and queues results for a mailbox without waking it while no caller needs them.
 
 The mailbox lists each waiting future in the directory. The listener resolves
 those with a final result on its own thread, and the mailbox learns of the
@@ -8,6 +9,7 @@ listener's routing code, without a database.
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,11 +17,12 @@ import pykka
 import pytest
 
 from relay_actors.actors.directory import MailboxDirectory
-from relay_actors.actors.listener import ListenerActor
+from relay_actors.actors.listener import QUIET_INBOX_LIMIT, ListenerActor
 from relay_actors.actors.mailbox import RelayRefActor, track
 from relay_actors.actors.messages import READ_ROW, AwaitRefs, Forget
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.wire import Delivery, Entry, pack_payloads
+from tests.conftest import wait_until
 
 REPLY_SECONDS = 5.0
 REF = "6d0c5a8e-2b1f-4c3d-9e8f-0a1b2c3d4e5f"
@@ -59,8 +62,8 @@ def await_ref(mailbox: pykka.ActorRef[Any], *, with_retries: bool = False) -> An
     return futures[0]
 
 
-def payload_for(mailbox: pykka.ActorRef[Any], delivery: Delivery) -> str:
-    [payload] = pack_payloads([(Entry(mailbox.actor_urn, REF, delivery), True)])
+def payload_for(mailbox: pykka.ActorRef[Any], delivery: Delivery, ref: str = REF) -> str:
+    [payload] = pack_payloads([(Entry(mailbox.actor_urn, ref, delivery), True)])
     return payload
 
 
@@ -138,3 +141,30 @@ def test_stopped_mailbox_unlists_futures(
 
     assert future.get(timeout=0) is READ_ROW
     assert directory.take_waiting(REF) == []
+
+
+def test_unawaited_results_wait_for_limit(
+    mailbox: pykka.ActorRef[Any], listener: ListenerActor
+) -> None:
+    inbox = mailbox.actor_inbox
+    assert isinstance(inbox, queue.Queue)
+    payloads = [
+        payload_for(mailbox, Delivery(JOB_ID + n, "ok", 1, True, b"\x05"), ref=f"ref-{n}")
+        for n in range(QUIET_INBOX_LIMIT + 1)
+    ]
+
+    for payload in payloads[:QUIET_INBOX_LIMIT]:
+        listener._route_results(payload)
+
+    # Queued without a wake-up: the mailbox's thread has handled none of them.
+    assert inbox.qsize() == QUIET_INBOX_LIMIT
+
+    listener._route_results(payloads[-1])
+
+    wait_until(
+        lambda: inbox.qsize() == 0,
+        timeout=REPLY_SECONDS,
+        message=lambda: f"{inbox.qsize()} messages still queued",
+    )
+    statistics = mailbox.proxy().statistics().get(timeout=REPLY_SECONDS)
+    assert statistics["outcomes"] == QUIET_INBOX_LIMIT + 1

@@ -69,6 +69,11 @@ class MailboxDirectory:
             if not futures:
                 del self._waiting[ref]
 
+    def has_waiting(self, ref: str) -> bool:
+        """Tell whether a future waits for a result of `ref`."""
+        with self._lock:
+            return ref in self._waiting
+
     def take_waiting(self, ref: str) -> list[CallbackFuture[Any]]:
         """Remove and return the futures waiting for the final result of `ref`."""
         with self._lock:

@@ -25,6 +25,9 @@ POLL_SECONDS = 0.05
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 WARNING_INTERVAL_SECONDS = 1.0
+# Messages in a mailbox's inbox from which results wake it: a mailbox that no
+# caller awaits keeps at most this many queued results unhandled.
+QUIET_INBOX_LIMIT = 256
 
 
 def _tell(actor: pykka.ActorRef[Any], message: Any) -> None:
@@ -273,8 +276,7 @@ class ListenerActor(pykka.ThreadingActor):
             self.dropped += 1
             self._malformed.warn("listener dropped a malformed relay notification: %s", error)
             return
-        # Per mailbox: its entries, and whether a caller waits on every one of them.
-        targets: dict[str, tuple[pykka.ActorRef[Any], list[Entry], list[bool]]] = {}
+        targets: dict[str, tuple[pykka.ActorRef[Any], list[Entry]]] = {}
         for entry in entries:
             if self._secret is not None and not verify_entry(entry, self._secret):
                 self.dropped += 1
@@ -293,30 +295,42 @@ class ListenerActor(pykka.ThreadingActor):
                     extra={"action": "relay_unroutable", "ref": entry.ref},
                 )
                 continue
-            target = targets.setdefault(mailbox.actor_urn, (mailbox, [], []))
-            target[1].append(entry)
-            target[2].append(self._resolve_waiting(entry))
-        for mailbox, group, resolved in targets.values():
+            self._resolve_waiting(entry)
+            targets.setdefault(mailbox.actor_urn, (mailbox, []))[1].append(entry)
+        for mailbox, group in targets.values():
             try:
-                if all(resolved):
-                    # The callers have their results: the mailbox only updates
-                    # its records, which can wait until something wakes it.
-                    post_quietly(mailbox, Deliver(tuple(group)))
-                else:
-                    mailbox.tell(Deliver(tuple(group)))
+                self._deliver(mailbox, tuple(group))
                 self.delivered += len(group)
             except pykka.ActorDeadError:
                 self.unroutable += len(group)
 
-    def _resolve_waiting(self, entry: Entry) -> bool:
-        """Give a final result to the futures that callers wait on; return True if any took it.
+    def _deliver(self, mailbox: pykka.ActorRef[Any], entries: tuple[Entry, ...]) -> None:
+        """Give `entries` to their mailbox, waking its thread only when a caller needs it.
+
+        Results that no caller waits for yet, and final results whose callers
+        got them from `_resolve_waiting`, only update the mailbox's records.
+        They are queued without a wake-up while the mailbox's inbox is short,
+        and the mailbox handles them before its next await or safety-net poll.
+        Each wake-up costs a thread switch, so under load this saves one per
+        result notification and mailbox.
+
+        Raises:
+            pykka.ActorDeadError: the mailbox has stopped.
+        """
+        post_quietly(mailbox, Deliver(entries), QUIET_INBOX_LIMIT)
+        # Checked after queueing: a future listed from here on belongs to an
+        # await that the mailbox handles after these entries, but one listed
+        # before may belong to a mailbox that sleeps, so wake it.
+        if any(self._directory.has_waiting(entry.ref) for entry in entries):
+            mailbox.tell(Deliver(()))
+
+    def _resolve_waiting(self, entry: Entry) -> None:
+        """Give a final result to the futures that callers wait on.
 
         This wakes each caller directly, one thread hand-off sooner than the
         mailbox could. The mailbox still gets the result, for its records.
         """
         if not entry.delivery.final:
-            return False
-        resolved = False
+            return
         for future in self._directory.take_waiting(entry.ref):
-            resolved = future.offer(entry.delivery) or resolved
-        return resolved
+            future.offer(entry.delivery)

@@ -43,13 +43,17 @@ def track(mailbox: pykka.ActorRef[Any], items: tuple[tuple[str, int], ...]) -> N
     post_quietly(mailbox, Track(items))
 
 
-def post_quietly(mailbox: pykka.ActorRef[Any], message: Track | Deliver) -> None:
+def post_quietly(
+    mailbox: pykka.ActorRef[Any], message: Track | Deliver, limit: int | None = None
+) -> None:
     """Queue `message` for `mailbox` without waking its thread.
 
     The mailbox handles it before the next message that wakes it: an await,
-    a result that no caller awaits yet, or the poller's periodic `PendingRefs`.
-    This reaches into pykka's inbox (a queue.Queue of Envelope objects in
-    pykka 4), so any other inbox type falls back to a plain tell.
+    a result that a caller waits for, or the poller's periodic `PendingRefs`.
+    With `limit`, an inbox holding that many messages or more is woken as by
+    a plain tell, so unhandled messages stay bounded. This reaches into
+    pykka's inbox (a queue.Queue of Envelope objects in pykka 4), so any
+    other inbox type falls back to a plain tell.
 
     Raises:
         pykka.ActorDeadError: the mailbox has stopped.
@@ -61,8 +65,11 @@ def post_quietly(mailbox: pykka.ActorRef[Any], message: Track | Deliver) -> None
         mailbox.tell(message)
         return
     with inbox.mutex:
-        inbox.queue.append(Envelope(message))
-        inbox.unfinished_tasks += 1
+        if limit is None or len(inbox.queue) < limit:
+            inbox.queue.append(Envelope(message))
+            inbox.unfinished_tasks += 1
+            return
+    mailbox.tell(message)
 
 
 class RelayRefActor(pykka.ThreadingActor):
