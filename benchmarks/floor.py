@@ -70,9 +70,10 @@ class FloorSide:
 
     name = "floor"
 
-    def __init__(self, dsn: str, schema: str) -> None:
+    def __init__(self, dsn: str, schema: str, durable_claims: bool = False) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.durable_claims = durable_claims
         self.application_name = f"{APPLICATION_NAME} {schema}"
         self.child: Child | None = None
 
@@ -91,6 +92,7 @@ class FloorSide:
                 str(EXECUTORS),
                 "--application-name",
                 self.application_name,
+                *(["--durable-claims"] if self.durable_claims else []),
             ],
         )
 

@@ -79,9 +79,11 @@ class FloorWorker(threading.Thread):
         schema: str,
         dispatcher: Dispatcher,
         stop: threading.Event,
+        durable_claims: bool = False,
     ) -> None:
         super().__init__(name="floor-worker", daemon=True)
         self._conn = conn
+        self._durable_claims = durable_claims
         self._claim = statement(CLAIM, schema)
         self._complete = statement(COMPLETE, schema)
         self._dispatcher = dispatcher
@@ -122,6 +124,8 @@ class FloorWorker(threading.Thread):
             conn.rollback()
             return False
         job_id, arg, reply = row
+        if self._durable_claims:
+            conn.commit()
         result = perform(arg)
         payload = f"{job_id}:{result}"
         conn.execute(
@@ -147,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         "--application-name",
         default="relay_actors_bench floor",
         help="application_name of every connection, as pg_stat_activity shows it",
+    )
+    parser.add_argument(
+        "--durable-claims",
+        action="store_true",
+        help="commit each claim before running its job (one more WAL flush per job)",
     )
     args = parser.parse_args(argv)
     if args.connections < 1:
@@ -179,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.connections):
             conn = open_connection(False)
             connections.append(conn)
-            workers.append(FloorWorker(conn, args.schema, dispatcher, stop))
+            workers.append(
+                FloorWorker(conn, args.schema, dispatcher, stop, durable_claims=args.durable_claims)
+            )
         for worker in workers:
             worker.start()
         print("ready", flush=True)

@@ -25,6 +25,8 @@ class Metric:
     # Reads, from relay_actors' own results, the figure the ratio divides by,
     # in place of the floor's; None compares with the floor.
     baseline: Callable[[Figures], float | None] | None = None
+    # Reads the floor's figure, where it differs from `read`.
+    floor_read: Callable[[Figures], float | None] | None = None
 
 
 def _path(*keys: str, scale: float = 1.0) -> Callable[[Figures], float | None]:
@@ -54,6 +56,33 @@ def metrics(sizes: Sizes) -> list[Metric]:
         Metric("latency_p90_ms", "latency p90 (ms)", 2, _path("latency", "p90_ms")),
         Metric("latency_p99_ms", "latency p99 (ms)", 2, _path("latency", "p99_ms")),
         Metric("latency_max_ms", "latency max (ms)", 2, _path("latency", "max_ms")),
+        Metric(
+            "latency_wal_syncs_per_job",
+            "latency: WAL syncs per round trip",
+            2,
+            _path("latency", "wal", "syncs_per_job"),
+        ),
+        Metric(
+            "latency_p50_ms_durable_claims",
+            "latency p50 (ms), floor committing its claims first",
+            2,
+            _path("latency", "p50_ms"),
+            floor_read=_path("latency_durable_claims", "p50_ms"),
+        ),
+        Metric(
+            "latency_p99_ms_durable_claims",
+            "latency p99 (ms), floor committing its claims first",
+            2,
+            _path("latency", "p99_ms"),
+            floor_read=_path("latency_durable_claims", "p99_ms"),
+        ),
+        Metric(
+            "latency_wal_syncs_per_job_durable_claims",
+            "latency: WAL syncs per round trip, floor committing its claims first",
+            2,
+            _path("latency", "wal", "syncs_per_job"),
+            floor_read=_path("latency_durable_claims", "wal", "syncs_per_job"),
+        ),
         Metric(
             "throughput_small_jobs_per_s",
             f"throughput, {small} jobs (jobs/s)",
@@ -165,7 +194,11 @@ def summarise(runs: list[dict[str, Figures]], sizes: Sizes) -> list[dict[str, An
     """Return, per metric, the median of each side over the runs and the median ratio."""
     summary = []
     for metric in metrics(sizes):
-        values = {side: [metric.read(run[side]) for run in runs] for side in SIDES}
+        floor_read = metric.floor_read or metric.read
+        values = {
+            "relay_actors": [metric.read(run["relay_actors"]) for run in runs],
+            "floor": [floor_read(run["floor"]) for run in runs],
+        }
         baseline = metric.baseline
         divisors = (
             values["floor"]

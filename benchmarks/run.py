@@ -111,14 +111,25 @@ def run_once(
         sides: list[RelaySide | FloorSide] = [floor, relay] if index % 2 == 0 else [relay, floor]
         results: dict[str, dict[str, Any]] = {"relay_actors": {}, "floor": {}}
 
+        round_trips = sizes.latency_rounds + sizes.warmup_rounds
         for side in sides:
             results[side.name]["latency"] = run_phase(
                 dsn,
                 side,
                 f"{sizes.latency_rounds} sequential round trips",
                 partial(side.latency, sizes.latency_rounds, sizes.warmup_rounds),
-                None,
+                round_trips,
             )
+        # The floor again, committing each claim before it runs the job, as
+        # relay_actors does: the same number of WAL flushes on the path.
+        durable = FloorSide(dsn, schema, durable_claims=True)
+        results["floor"]["latency_durable_claims"] = run_phase(
+            dsn,
+            durable,
+            f"{sizes.latency_rounds} sequential round trips, claims committed first",
+            partial(durable.latency, sizes.latency_rounds, sizes.warmup_rounds),
+            round_trips,
+        )
         for key, jobs in (
             ("throughput_small", sizes.small_jobs),
             ("throughput_large", sizes.large_jobs),
