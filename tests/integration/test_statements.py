@@ -86,7 +86,7 @@ def test_outcome_writes_use_executing_index(conn: psycopg.Connection[Any], prefi
         (statements.record_and_claim, {**batch, "node": NODE, "queue": QUEUE, "limit": 1}),
     ]:
         plan = "\n".join(
-            row[0] for row in conn.execute(sql.SQL("EXPLAIN ") + statement, params).fetchall()
+            row[0] for row in conn.execute(b"EXPLAIN " + statement, params).fetchall()
         )
         assert "Seq Scan on jobs" not in plan, plan
         assert "jobs_executing_idx" in plan, plan
