@@ -115,8 +115,11 @@ def job_problems(job: Job) -> list[str]:
         problem = _json_problem(name, value)
         if problem:
             problems.append(problem)
-    if not isinstance(job.worker, str) or not job.worker:
-        problems.append(f"worker must be a non-empty worker name, got {job.worker!r}")
+    if not isinstance(job.worker, str) or not job.worker or _SURROGATE.search(job.worker):
+        problems.append(
+            f"worker must be a non-empty worker name without surrogate code points, "
+            f"got {job.worker!r}"
+        )
     if not isinstance(job.queue, str) or not QUEUE_NAME_PATTERN.fullmatch(job.queue):
         problems.append(
             f"queue must be 1 to 128 characters of letters, digits and _ . : -, got {job.queue!r}"
@@ -129,12 +132,15 @@ def job_problems(job: Job) -> list[str]:
     if not _is_int(job.max_attempts) or job.max_attempts < 1:
         problems.append(f"max_attempts must be an int >= 1, got {job.max_attempts!r}")
     if not isinstance(job.tags, tuple | list) or not all(
-        isinstance(tag, str) and 0 < len(tag) <= MAX_TAG_LENGTH and "\x00" not in tag
+        isinstance(tag, str)
+        and 0 < len(tag) <= MAX_TAG_LENGTH
+        and "\x00" not in tag
+        and not _SURROGATE.search(tag)
         for tag in job.tags
     ):
         problems.append(
             f"tags must be a list of non-empty strings of at most {MAX_TAG_LENGTH} characters, "
-            f"got {job.tags!r:.120}"
+            f"without NUL or surrogate code points, got {job.tags!r:.120}"
         )
     if job.scheduled_at is not None and (
         not isinstance(job.scheduled_at, datetime) or job.scheduled_at.tzinfo is None

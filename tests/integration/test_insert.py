@@ -48,6 +48,11 @@ INVALID_JOBS = [
     pytest.param({"args": {"value": object()}}, "args", id="args-not-json"),
     pytest.param({"tags": (1, 2)}, "tags", id="tags-not-str"),
     pytest.param({"meta": "text"}, "meta", id="meta-str"),
+    # PostgreSQL rejects surrogate code points in jsonb, which would fail the
+    # whole insert statement, and with it every other caller's job in it.
+    pytest.param({"args": {"name": "file-\udcff"}}, "args", id="args-surrogate"),
+    pytest.param({"tags": ("file-\udcff",)}, "tags", id="tags-surrogate"),
+    pytest.param({"worker": "tests.workers.\ud800"}, "worker", id="worker-surrogate"),
 ]
 
 

@@ -75,6 +75,7 @@ INVALID = [
     pytest.param({"tags": [1]}, "tags", id="tags-int"),
     pytest.param({"tags": [""]}, "tags", id="tags-empty-str"),
     pytest.param({"tags": ["t" * 256]}, "tags", id="tags-too-long"),
+    pytest.param({"tags": ["file-\udcff"]}, "tags", id="tags-surrogate"),
     pytest.param({"scheduled_at": datetime(2030, 1, 1)}, "scheduled_at", id="naive-scheduled-at"),
     pytest.param({"scheduled_at": "2030-01-01"}, "scheduled_at", id="scheduled-at-str"),
     pytest.param({"scheduled_in": -1}, "scheduled_in", id="scheduled-in-negative"),
