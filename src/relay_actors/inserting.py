@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import psycopg
@@ -97,11 +96,15 @@ class InsertCombiner:
         self._statements = statements
         self._channel = channel
         self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
         self._waiting: list[_Request] = []
         self._busy = False
         # Requests that the next batch waits for: the size of the last batch.
         self._expected = 1
+        # Set when a gathering leader has the requests it expects. The leader
+        # waits on it without holding the lock, so an interrupt of that wait
+        # never leaves the lock in a wrong state.
+        self._gathered = threading.Event()
+        self._gathering = False
         self.statements_run = 0
         self.jobs_inserted = 0
 
@@ -112,8 +115,8 @@ class InsertCombiner:
             self._waiting.append(request)
             lead = not self._busy
             self._busy = True
-            if not lead and len(self._waiting) >= self._expected:
-                self._arrived.notify()
+            if self._gathering and len(self._waiting) >= self._expected:
+                self._gathered.set()
         if not lead:
             try:
                 request.done.wait()
@@ -128,14 +131,15 @@ class InsertCombiner:
 
     def _run_batch(self) -> None:
         interrupted: BaseException | None = None
+        try:
+            self._gather()
+        except BaseException as error:  # noqa: BLE001 - raised once the batch has run
+            # The queued callers wait on this leader, so it inserts their
+            # jobs before the interruption reaches its own caller.
+            interrupted = error
         with self._lock:
-            try:
-                self._gather()
-            except BaseException as error:  # noqa: BLE001 - raised once the batch has run
-                # The queued callers wait on this leader, so it inserts their
-                # jobs before the interruption reaches its own caller.
-                interrupted = error
             batch, self._waiting = self._waiting, []
+            self._expected = max(1, len(batch))
         jobs = [job for request in batch for job in request.jobs]
         metas = [meta for request in batch for meta in request.metas]
         try:
@@ -159,16 +163,17 @@ class InsertCombiner:
             raise interrupted
 
     def _gather(self) -> None:
-        """Wait, holding the lock, until the expected callers have queued or the window ends."""
-        expected = self._expected
-        if len(self._waiting) < expected:
-            deadline = time.monotonic() + self._gather_seconds
-            while len(self._waiting) < expected:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._arrived.wait(remaining)
-        self._expected = max(1, len(self._waiting))
+        """Wait until the expected callers have queued, or the window ends."""
+        with self._lock:
+            if len(self._waiting) >= self._expected:
+                return
+            self._gathered.clear()
+            self._gathering = True
+        try:
+            self._gathered.wait(self._gather_seconds)
+        finally:
+            with self._lock:
+                self._gathering = False
 
     def _hand_over(self) -> None:
         """Make the first waiting caller run the next batch, or mark the combiner idle."""

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from relay_actors.inserting import InsertCombiner, Row
@@ -142,4 +143,33 @@ def test_combiner_lone_caller_waits_once(
     # The window is long against an insert into a local server, which takes
     # about a millisecond, so this bound holds on a slow machine too.
     assert again.seconds < gather_seconds
+    assert combiner.statements_run == 4
+
+
+class InterruptedEvent(threading.Event):
+    """An event whose wait is interrupted, as by Ctrl-C on the main thread."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        raise KeyboardInterrupt
+
+
+def test_combiner_interrupted_gather_still_inserts(
+    start_instance: Callable[..., Instance], database_dsn: str, prefix: str
+) -> None:
+    instance = start_instance()
+    combiner = InsertCombiner(
+        instance.pool, instance.statements, instance.insert_channel, gather_seconds=THREAD_SECONDS
+    )
+    run_batch_of_two(combiner, database_dsn, prefix)
+    combiner._gathered = InterruptedEvent()
+    job, meta = new_job()
+
+    with pytest.raises(KeyboardInterrupt):
+        combiner.insert([job], [meta])
+
+    # The interrupted leader still inserted its batch, and the combiner is free.
+    assert combiner.statements_run == 3
+    after = Caller(combiner)
+    after.run()
+    assert len(after.rows) == 1
     assert combiner.statements_run == 4
