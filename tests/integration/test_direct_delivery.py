@@ -19,7 +19,7 @@ import pytest
 from relay_actors.actors.directory import MailboxDirectory
 from relay_actors.actors.listener import QUIET_INBOX_LIMIT, ListenerActor
 from relay_actors.actors.mailbox import RelayRefActor, track
-from relay_actors.actors.messages import READ_ROW, AwaitRefs, Forget
+from relay_actors.actors.messages import READ_ROW, AwaitRefs, Deliver, Forget
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.wire import Delivery, Entry, pack_payloads
 from tests.conftest import wait_until
@@ -36,6 +36,14 @@ def directory() -> MailboxDirectory:
 
 @pytest.fixture
 def mailbox(directory: MailboxDirectory) -> Iterator[pykka.ActorRef[Any]]:
+    actor = RelayRefActor.start(directory)
+    yield actor
+    actor.stop(timeout=REPLY_SECONDS)
+
+
+@pytest.fixture
+def other_mailbox(directory: MailboxDirectory) -> Iterator[pykka.ActorRef[Any]]:
+    """A second mailbox on the same directory, as another caller thread has."""
     actor = RelayRefActor.start(directory)
     yield actor
     actor.stop(timeout=REPLY_SECONDS)
@@ -168,3 +176,22 @@ def test_unawaited_results_wait_for_limit(
     )
     statistics = mailbox.proxy().statistics().get(timeout=REPLY_SECONDS)
     assert statistics["outcomes"] == QUIET_INBOX_LIMIT + 1
+
+
+def test_mailbox_unlists_only_own_futures(
+    mailbox: pykka.ActorRef[Any],
+    other_mailbox: pykka.ActorRef[Any],
+    directory: MailboxDirectory,
+) -> None:
+    # Two callers await one relay through their own mailboxes.
+    track(mailbox, ((REF, JOB_ID),))
+    track(other_mailbox, ((REF, JOB_ID),))
+    mine = await_ref(mailbox)
+    theirs = await_ref(other_mailbox)
+    delivery = Delivery(JOB_ID, "ok", 1, True, b"\x06")
+
+    mailbox.tell(Deliver((Entry(mailbox.actor_urn, REF, delivery),)))
+
+    assert mine.get(timeout=REPLY_SECONDS) == delivery
+    # The other caller's future stays listed, so the listener can still resolve it.
+    assert directory.take_waiting(REF) == [theirs]

@@ -110,8 +110,8 @@ class RelayRefActor(pykka.ThreadingActor):
         self._directory.remove(self.actor_urn)
         # Callers still waiting here read the row and move to a live mailbox.
         for ref, waits in self._waiters.items():
-            self._directory.take_waiting(ref)
             for future, _ in waits:
+                self._directory.remove_waiting(ref, future)
                 future.offer(READ_ROW)
         self._waiters.clear()
 
@@ -161,7 +161,6 @@ class RelayRefActor(pykka.ThreadingActor):
         if delivery.final:
             self._pending.pop(ref, None)
             self._directory.release(ref)
-            self._directory.take_waiting(ref)
         while len(self._outcomes) > self._max_outcomes:
             self._outcomes.popitem(last=False)
         waits = self._waiters.get(ref)
@@ -172,10 +171,11 @@ class RelayRefActor(pykka.ThreadingActor):
             if with_retries and not delivery.final:
                 remaining.append((future, with_retries))
                 continue
-            # The listener may have resolved it with this result already.
+            # The listener may have resolved it with this result already. Only
+            # this mailbox's futures are unlisted: another mailbox that adopted
+            # the ref may list its own.
             future.offer(delivery)
-            if not delivery.final:
-                self._directory.remove_waiting(ref, future)
+            self._directory.remove_waiting(ref, future)
         if remaining:
             self._waiters[ref] = remaining
         else:
