@@ -34,8 +34,9 @@ class Options:
         prune_after: age of finished jobs that the pruner deletes.
         prune_interval: how often the pruner runs.
         secret: key that signs relay notifications; the same on every node.
-        relaxed_claims: commit claims without waiting for the WAL flush
-            (synchronous_commit = off). A claim lost in a PostgreSQL crash
+        relaxed_claims: commit claims that record no outcomes without waiting
+            for the WAL flush (synchronous_commit = off), on a second
+            producer connection per queue. A claim lost in a PostgreSQL crash
             makes its job claimable again, so an attempt that was running
             may run a second time. Recorded outcomes stay durable.
         pgbouncer: every connection but the listener's goes through PgBouncer
@@ -115,13 +116,16 @@ class Options:
 
         Every node has a listener, an acker (connected once it records an
         outcome), a result poller and a lifeline. A node that runs queues adds
-        a stager, a pruner and one producer per queue. Caller threads share at
+        a stager, a pruner and one producer per queue, or two per queue with
+        `relaxed_claims` on direct connections. Caller threads share at
         most `pool_size` more. A short-lived migrator connection opens and
         closes at start, before the others.
         """
         fixed = 4
         if self.queues:
             fixed += 2 + len(self.queues)
+            if self.relaxed_claims and not self.pgbouncer:
+                fixed += len(self.queues)
         return fixed + self.pool_size
 
 

@@ -75,7 +75,6 @@ def test_node_and_caller_through_pgbouncer(
     node_id = node_id_of(node)
     names = {row["application_name"] for row in clients}
     assert f"relay_actors producer {QUICK_QUEUE} {node_id}" in names
-    assert f"relay_actors acker {node_id}" in names
     assert f"relay_actors caller {caller.node_id}" in names
     assert not any(name.startswith("relay_actors listener") for name in names)
     assert len(clients) > POOL_SIZE

@@ -42,6 +42,33 @@ def test_max_connections_formula(queues: dict[str, int], pool_size: int, expecte
     assert Options(queues=queues, pool_size=pool_size).max_connections == expected
 
 
+def test_max_connections_relaxed_claims() -> None:
+    queues = {QUICK_QUEUE: 4, SLOW_QUEUE: 8}
+    assert Options(queues=queues, pool_size=3, relaxed_claims=True).max_connections == 13
+    pooled = Options(
+        queues=queues, pool_size=3, relaxed_claims=True, pgbouncer=True, listen_dsn="x"
+    )
+    assert pooled.max_connections == 11
+
+
+def test_relaxed_claims_connections(
+    start_instance: Callable[..., Instance], db: psycopg.Connection[Any]
+) -> None:
+    instance = start_instance(queues={QUICK_QUEUE: 2}, pool_size=2, relaxed_claims=True)
+    relays = [Relay.async_(instance.name, Double.new({"int": value})) for value in range(5)]
+
+    results = Relay.await_many(relays, timeout=RESULT_TIMEOUT)
+
+    assert results == [Ok(2 * value) for value in range(5)]
+    # The producer records the outcomes on its durable connection, and the
+    # claims that record nothing commit on its second one.
+    assert instance.statistics()[f"producer {QUICK_QUEUE}"]["recorded"] == 5
+    roles = connections_by_role(db, instance.node_id)
+    assert roles[f"producer {QUICK_QUEUE}"] == 1
+    assert roles[f"producer {QUICK_QUEUE} claims"] == 1
+    assert sum(roles.values()) <= instance.options.max_connections
+
+
 def test_node_connections_match_formula(
     start_instance: Callable[..., Instance], db: psycopg.Connection[Any]
 ) -> None:

@@ -56,8 +56,9 @@ class ProducerActor(pykka.ThreadingActor):
     statement of its next claim: one round trip and one commit for both. A
     claim due only for outcomes takes no jobs while the queue looks empty. If
     that statement fails, the acker records the outcomes and retries them.
-    With relaxed claims the acker records every outcome, so that results are
-    never committed without waiting for the WAL flush.
+    With relaxed claims, a claim that records no outcomes commits on a second
+    connection with `synchronous_commit = off`, so that outcomes, and claims
+    made in their statement, still wait for the WAL flush.
 
     While attempts are short, a claim also takes up to one job per executor
     ahead of need, so a freed executor starts its next job without waiting
@@ -95,6 +96,8 @@ class ProducerActor(pykka.ThreadingActor):
         self._writer = OutcomeWriter(self._statements, insert_channel(prefix), secret)
         self._outcomes: list[AttemptOutcome] = []
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        # With relaxed claims on a direct connection: the claims' own connection.
+        self._claim_conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._executors: list[pykka.ActorRef[Any]] = []
         self._idle: deque[pykka.ActorRef[Any]] = deque()
         self._running: dict[str, tuple[Job, threading.Event]] = {}
@@ -187,8 +190,6 @@ class ProducerActor(pykka.ThreadingActor):
     def _on_idle(self, executor: pykka.ActorRef[Any], outcome: AttemptOutcome) -> None:
         self._running.pop(executor.actor_urn, None)
         self._outcomes.append(outcome)
-        if self._relaxed_claims:
-            self._hand_to_acker()
         started = self._started_at.pop(executor.actor_urn, None)
         if started is not None:
             duration = time.monotonic() - started
@@ -325,26 +326,36 @@ class ProducerActor(pykka.ThreadingActor):
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn, f"producer {self._queue}", self._node_id)
-            if self._relaxed_claims and not is_pooled(self._dsn):
-                self._conn.execute("SET synchronous_commit = off")
         return self._conn
 
+    def _claim_connection(self) -> psycopg.Connection[tuple[Any, ...]]:
+        """Return the connection for relaxed claims, whose commits skip the WAL flush."""
+        if self._claim_conn is None or self._claim_conn.closed:
+            self._claim_conn = connect(
+                self._dsn, f"producer {self._queue} claims", self._node_id
+            )
+            self._claim_conn.execute("SET synchronous_commit = off")
+        return self._claim_conn
+
     def _fetch(self, limit: int) -> list[tuple[Any, ...]]:
-        pooled = is_pooled(self._dsn)
-        self._conn = self._connection()
         params = {"node": self._node_id, "queue": self._queue, "limit": limit}
-        if self._relaxed_claims and pooled:
-            # PgBouncer shares server sessions, so the setting may only last
-            # for this transaction. That costs three more round trips a claim.
-            with self._conn.transaction():
-                self._conn.execute("SET LOCAL synchronous_commit = off")
-                return self._conn.execute(self._statements.claim, params).fetchall()
-        return self._conn.execute(self._statements.claim, params).fetchall()
+        if not self._relaxed_claims:
+            return self._connection().execute(self._statements.claim, params).fetchall()
+        if not is_pooled(self._dsn):
+            return self._claim_connection().execute(self._statements.claim, params).fetchall()
+        # PgBouncer shares server sessions, so the setting may only last for
+        # this transaction. That costs three more round trips a claim.
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = off")
+            return conn.execute(self._statements.claim, params).fetchall()
 
     def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in (self._conn, self._claim_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = None
+        self._claim_conn = None
 
 
 def job_from_row(row: tuple[Any, ...]) -> Job:
