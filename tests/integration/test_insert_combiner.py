@@ -89,13 +89,25 @@ def run_batch_of_two(combiner: InsertCombiner, database_dsn: str, prefix: str) -
     assert combiner.jobs_inserted == 3
 
 
+def combiner_after_batch_of_two(
+    start_instance: Callable[..., Instance],
+    database_dsn: str,
+    prefix: str,
+    gather_seconds: float = THREAD_SECONDS,
+) -> InsertCombiner:
+    """Return a combiner on a new instance that has inserted one job alone, then two together."""
+    instance = start_instance()
+    combiner = InsertCombiner(
+        instance.pool, instance.statements, instance.insert_channel, gather_seconds=gather_seconds
+    )
+    run_batch_of_two(combiner, database_dsn, prefix)
+    return combiner
+
+
 def test_combiner_queued_callers_share_statement(
     start_instance: Callable[..., Instance], database_dsn: str, prefix: str
 ) -> None:
-    instance = start_instance()
-    combiner = InsertCombiner(instance.pool, instance.statements, instance.insert_channel)
-
-    run_batch_of_two(combiner, database_dsn, prefix)
+    combiner = combiner_after_batch_of_two(start_instance, database_dsn, prefix)
 
     assert combiner._expected == 2
 
@@ -103,11 +115,7 @@ def test_combiner_queued_callers_share_statement(
 def test_combiner_batch_gathers_previous_callers(
     start_instance: Callable[..., Instance], database_dsn: str, prefix: str
 ) -> None:
-    instance = start_instance()
-    combiner = InsertCombiner(
-        instance.pool, instance.statements, instance.insert_channel, gather_seconds=THREAD_SECONDS
-    )
-    run_batch_of_two(combiner, database_dsn, prefix)
+    combiner = combiner_after_batch_of_two(start_instance, database_dsn, prefix)
     leader, late = Caller(combiner), Caller(combiner)
 
     leader.start()
@@ -126,12 +134,8 @@ def test_combiner_batch_gathers_previous_callers(
 def test_combiner_lone_caller_waits_once(
     start_instance: Callable[..., Instance], database_dsn: str, prefix: str
 ) -> None:
-    instance = start_instance()
     gather_seconds = 0.3
-    combiner = InsertCombiner(
-        instance.pool, instance.statements, instance.insert_channel, gather_seconds=gather_seconds
-    )
-    run_batch_of_two(combiner, database_dsn, prefix)
+    combiner = combiner_after_batch_of_two(start_instance, database_dsn, prefix, gather_seconds)
 
     alone = Caller(combiner)
     alone.run()
@@ -156,11 +160,7 @@ class InterruptedEvent(threading.Event):
 def test_combiner_interrupted_gather_still_inserts(
     start_instance: Callable[..., Instance], database_dsn: str, prefix: str
 ) -> None:
-    instance = start_instance()
-    combiner = InsertCombiner(
-        instance.pool, instance.statements, instance.insert_channel, gather_seconds=THREAD_SECONDS
-    )
-    run_batch_of_two(combiner, database_dsn, prefix)
+    combiner = combiner_after_batch_of_two(start_instance, database_dsn, prefix)
     combiner._gathered = InterruptedEvent()
     job, meta = new_job()
 
