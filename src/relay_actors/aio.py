@@ -34,8 +34,10 @@ from relay_actors.await_steps import (
     Ask,
     Call,
     Collect,
+    Finished,
     Step,
     Steps,
+    advance,
     forget_late_reply,
     take_resolved,
 )
@@ -148,17 +150,13 @@ async def _run(steps: Steps[T]) -> T:
     try:
         value: Any = None
         error: Exception | None = None
-        while True:
-            try:
-                step = steps.send(value) if error is None else steps.throw(error)
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
+        while not isinstance(step := advance(steps, value, error), Finished):
             value, error = None, None
             try:
                 value = await runner.perform(step)
             except Exception as raised:  # noqa: BLE001 - raised inside the generator instead
                 error = raised
+        return step.value
     finally:
         steps.close()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import pykka
 
@@ -67,6 +67,24 @@ Step: TypeAlias = Ask | Collect | Call | Pause
 Steps: TypeAlias = Generator[Step, Any, T]
 
 
+@dataclass(frozen=True, slots=True)
+class Finished(Generic[T]):
+    """The value that the generator of an await returned."""
+
+    value: T
+
+
+def advance(steps: Steps[T], value: Any, error: Exception | None) -> Step | Finished[T]:
+    """Send the last step's `value` into `steps`, or raise its `error` there.
+
+    Returns the next step, or `Finished` with the value the generator returned.
+    """
+    try:
+        return steps.send(value) if error is None else steps.throw(error)
+    except StopIteration as stop:
+        return Finished(stop.value)
+
+
 def run_blocking(steps: Steps[T]) -> T:
     """Run the generator `steps` to its end on this thread, performing each step it yields.
 
@@ -77,17 +95,13 @@ def run_blocking(steps: Steps[T]) -> T:
     try:
         value: Any = None
         error: Exception | None = None
-        while True:
-            try:
-                step = steps.send(value) if error is None else steps.throw(error)
-            except StopIteration as stop:
-                result: T = stop.value
-                return result
+        while not isinstance(step := advance(steps, value, error), Finished):
             value, error = None, None
             try:
                 value = _perform(step)
             except Exception as raised:  # noqa: BLE001 - raised inside the generator instead
                 error = raised
+        return step.value
     finally:
         steps.close()
 

@@ -25,8 +25,8 @@ POLL_SECONDS = 0.05
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 WARNING_INTERVAL_SECONDS = 1.0
-# Messages in a mailbox's inbox from which results wake it: a mailbox that no
-# caller awaits keeps at most this many queued results unhandled.
+# Inbox length at which a result wakes its mailbox anyway, so a mailbox that no
+# caller awaits keeps at most this many messages unhandled.
 QUIET_INBOX_LIMIT = 256
 
 
@@ -318,9 +318,8 @@ class ListenerActor(pykka.ThreadingActor):
             pykka.ActorDeadError: the mailbox has stopped.
         """
         post_quietly(mailbox, Deliver(entries), QUIET_INBOX_LIMIT)
-        # Checked after queueing: a future listed from here on belongs to an
-        # await that the mailbox handles after these entries, but one listed
-        # before may belong to a mailbox that sleeps, so wake it.
+        # Checked after queueing, because a future listed before then may
+        # belong to a sleeping mailbox, which must wake to handle these entries.
         if any(self._directory.has_waiting(entry.ref) for entry in entries):
             mailbox.tell(Deliver(()))
 
