@@ -84,6 +84,18 @@ def test_caller_only_node_awaits(start_instance: Callable[..., Instance]) -> Non
     assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("across nodes")
 
 
+def test_caller_only_node_skips_insert_channel(start_instance: Callable[..., Instance]) -> None:
+    caller = start_instance(queues={})
+    executor = start_instance(node="executor")
+    relays = [Relay.async_(caller.name, Echo.new({"value": i})) for i in range(5)]
+
+    assert Relay.await_many(relays, timeout=RESULT_TIMEOUT) == [Ok(i) for i in range(5)]
+    # The executor's listener heard the inserts, so they were notified and a
+    # listening caller would have heard them before its results arrived.
+    assert executor.statistics()["listener"]["insert_notifications"] >= 1
+    assert caller.statistics()["listener"]["insert_notifications"] == 0
+
+
 def test_awaited_after_thread_ended(start_instance: Callable[..., Instance]) -> None:
     instance = start_instance()
     relays: list[Relay[Any]] = []

@@ -106,6 +106,9 @@ class ListenerActor(pykka.ThreadingActor):
         self.delivered = 0
         self.dropped = 0
         self.connects = 0
+        # Notifications received on the insert channel, which a node without
+        # queues does not listen on.
+        self.insert_notifications = 0
 
     def on_start(self) -> None:
         self._connect()
@@ -151,6 +154,7 @@ class ListenerActor(pykka.ThreadingActor):
             "delivered": self.delivered,
             "dropped": self.dropped,
             "unroutable": self.unroutable,
+            "insert_notifications": self.insert_notifications,
         }
 
     def _connect(self) -> bool:
@@ -252,6 +256,7 @@ class ListenerActor(pykka.ThreadingActor):
         if channel == self._relay_channel:
             self._route_results(payload)
         elif channel == self._insert_channel:
+            self.insert_notifications += 1
             producer = self._producers.get(payload)
             if producer is not None:
                 _tell(producer, Wake())
