@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from relay_actors.errors import ConfigurationError
 
@@ -36,3 +37,19 @@ class RelayPlugin:
                 raise ConfigurationError(
                     f"invalid {name} {getattr(self, name)!r}: give True or False"
                 )
+
+    def meta_options(self) -> dict[str, Any]:
+        """Return the options that differ from their defaults, for a job's relay meta.
+
+        The executing node reads a missing option as its default, so a job
+        inserted with the default options carries none of them. Its row, which
+        is written three times, stays narrower.
+        """
+        options: dict[str, Any] = {}
+        if self.max_result_bytes != DEFAULT_MAX_RESULT_BYTES:
+            options["max_bytes"] = self.max_result_bytes
+        if not self.inline_results:
+            options["inline"] = False
+        if not self.tracebacks:
+            options["tracebacks"] = False
+        return options

@@ -197,6 +197,7 @@ def _insert(
     if mailbox is None:
         mailbox = instance.mailbox()
     refs = [uuid.uuid4() for _ in jobs]
+    options = plugin.meta_options()
     metas = [
         {
             **job.meta,
@@ -204,9 +205,7 @@ def _insert(
                 "ref": str(ref),
                 "node": instance.node_id,
                 "mailbox": mailbox.actor_urn,
-                "max_bytes": plugin.max_result_bytes,
-                "inline": plugin.inline_results,
-                "tracebacks": plugin.tracebacks,
+                **options,
             },
         }
         for job, ref in zip(jobs, refs, strict=True)

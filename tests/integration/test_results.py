@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from relay_actors import ConfigurationError, Error, Instance, JobError, Ok, Reason, Relay, codec
 from tests.assertions import assert_same
@@ -74,6 +75,20 @@ def test_relay_fields(instance: Instance) -> None:
     assert relay.job.id is not None
     assert relay.job.meta["relay"]["ref"] == str(relay.ref)
     assert relay.instance == instance.name
+
+
+def test_default_options_leave_meta_narrow(
+    instance: Instance, db: psycopg.Connection[Any], prefix: str
+) -> None:
+    relay = Relay.async_(instance.name, Echo.new({"value": 1}))
+    row = db.execute(
+        sql.SQL("SELECT meta FROM {} WHERE id = %s").format(sql.Identifier(prefix, "jobs")),
+        (relay.job.id,),
+    ).fetchone()
+
+    assert row is not None
+    assert set(row[0]["relay"]) == {"ref", "node", "mailbox"}
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok(1)
 
 
 def test_exception_gives_job_error(instance: Instance) -> None:
