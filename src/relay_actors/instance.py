@@ -100,6 +100,9 @@ class Instance:
         self._producers: dict[str, pykka.ActorRef[Any]] = {}
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Ends the ticker, which keeps the lifeline heartbeating while stop()
+        # waits for running jobs.
+        self._ticker_done = threading.Event()
         self._stopped = False
         # Set once the node's row is written, so a failed start does not try to delete it.
         self._registered = False
@@ -231,7 +234,15 @@ class Instance:
 
     def _tick_loop(self) -> None:
         ticks = 0
-        while not self._stopping.wait(TICK_SECONDS):
+        while not self._ticker_done.wait(TICK_SECONDS):
+            if self._stopping.is_set():
+                # Running jobs may take the whole shutdown grace period. The
+                # heartbeat goes on, or other nodes would rescue those jobs and
+                # run them a second time. Nothing else ticks, and no crashed
+                # actor is restarted, so no new job is claimed.
+                if "lifeline" in self._supervisor.names():
+                    self._supervisor.slot("lifeline").tell(Tick())
+                continue
             ticks += 1
             if ticks % SUPERVISE_EVERY_TICKS == 0:
                 self._supervisor.check()
@@ -283,8 +294,6 @@ class Instance:
         grace = self.options.shutdown_grace if grace is None else grace
         deadline = time.monotonic() + grace
         self._stopping.set()
-        if self._ticker is not None:
-            self._ticker.join()
         self._drain_producers(deadline)
         for queue in list(self._producers):
             self._supervisor.stop_child(f"producer {queue}")
@@ -295,6 +304,9 @@ class Instance:
                 synced.get(timeout=max(1.0, deadline - time.monotonic()))
             except (pykka.Timeout, pykka.ActorDeadError):
                 logger.warning("recording the last outcomes timed out at stop")
+        self._ticker_done.set()
+        if self._ticker is not None:
+            self._ticker.join()
         for name in self._supervisor.names():
             self._supervisor.stop_child(name)
         for mailbox in self.directory.mailboxes():
