@@ -15,6 +15,7 @@ import pykka
 from psycopg.types.json import Jsonb
 
 from relay_actors.actors.acker import AckerActor
+from relay_actors.actors.attempts import RunningAttempts
 from relay_actors.actors.directory import MailboxDirectory
 from relay_actors.actors.lifeline import LOST_TYPE, LifelineActor
 from relay_actors.actors.listener import ListenerActor
@@ -211,6 +212,10 @@ class Instance:
     def _producer_factory(
         self, queue: str, size: int, acker: Any, common: dict[str, Any]
     ) -> Callable[[], pykka.ActorRef[Any]]:
+        # One for every producer this queue gets, so that after a restart
+        # cancellations still reach the attempts of the old producer's executors.
+        attempts = RunningAttempts()
+
         def factory() -> pykka.ActorRef[Any]:
             return ProducerActor.start(
                 queue=queue,
@@ -219,6 +224,7 @@ class Instance:
                 poll_interval=self.options.poll_interval,
                 relaxed_claims=self.options.relaxed_claims,
                 secret=self.options.secret,
+                attempts=attempts,
                 **common,
             )
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pykka
 
+from relay_actors.actors.attempts import RunningAttempts
 from relay_actors.actors.messages import AttemptOutcome, Execute, ExecutorIdle, Record
 from relay_actors.actors.outcomes import failed_attempt, from_exception, from_return
 from relay_actors.actors.slot import ActorSlot
@@ -33,10 +34,16 @@ class ExecutorActor(pykka.ThreadingActor):
     use_daemon_thread = True
 
     def __init__(
-        self, producer: pykka.ActorRef[Any], acker: ActorSlot, prefix: str, node_id: str
+        self,
+        producer: pykka.ActorRef[Any],
+        acker: ActorSlot,
+        prefix: str,
+        node_id: str,
+        attempts: RunningAttempts,
     ) -> None:
         super().__init__()
         self._producer = producer
+        self._attempts = attempts
         self._acker = acker
         self._prefix = prefix
         self._node_id = node_id
@@ -50,6 +57,7 @@ class ExecutorActor(pykka.ThreadingActor):
             )
             return None
         outcome = run_attempt(message.job, message.cancellation, self._prefix, self._node_id)
+        self._attempts.remove(message.job)
         try:
             self._producer.tell(ExecutorIdle(self.actor_ref, outcome))
             return None

@@ -13,7 +13,14 @@ from psycopg import sql
 
 from relay_actors.actors.directory import MailboxDirectory
 from relay_actors.actors.mailbox import post_quietly
-from relay_actors.actors.messages import CancelRunning, Deliver, Poll, Recheck, Wake
+from relay_actors.actors.messages import (
+    CancelRunning,
+    CheckCancelled,
+    Deliver,
+    Poll,
+    Recheck,
+    Wake,
+)
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.store.connect import connect
 from relay_actors.telemetry import LISTENER_CONNECTED, LISTENER_DISCONNECTED, enabled, execute
@@ -207,9 +214,11 @@ class ListenerActor(pykka.ThreadingActor):
             )
         # Notifications sent while no listener was connected are lost, both
         # during an outage and while a crashed listener was restarted: every
-        # producer claims once, and every pending relay's row is read again.
+        # producer claims once and reads which of its jobs were cancelled, and
+        # every pending relay's row is read again.
         for producer in list(self._producers.values()):
             _tell(producer, Wake())
+            _tell(producer, CheckCancelled())
         self._poller.tell(Recheck())
         return True
 

@@ -48,6 +48,15 @@ class CancelRunning:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckCancelled:
+    """Read from the rows which running or prefetched jobs were cancelled.
+
+    The listener sends it after each connect, because control notifications
+    sent while it was disconnected are lost.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """Reply with the jobs still running; their outcomes are then recorded as lost."""
 

@@ -12,10 +12,12 @@ import psycopg
 import pykka
 from pykka import ThreadingFuture
 
+from relay_actors.actors.attempts import RunningAttempts
 from relay_actors.actors.executor import ExecutorActor
 from relay_actors.actors.messages import (
     AttemptOutcome,
     CancelRunning,
+    CheckCancelled,
     Claim,
     Drain,
     Execute,
@@ -82,8 +84,12 @@ class ProducerActor(pykka.ThreadingActor):
         poll_interval: float,
         relaxed_claims: bool = False,
         secret: bytes | None = None,
+        attempts: RunningAttempts | None = None,
     ) -> None:
         super().__init__()
+        # Shared with earlier producers of this queue, whose executors may
+        # still run attempts that a cancellation must reach.
+        self._attempts = RunningAttempts() if attempts is None else attempts
         self._relaxed_claims = relaxed_claims
         self._dsn = dsn
         self._prefix = prefix
@@ -114,7 +120,9 @@ class ProducerActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         for _ in range(self._size):
-            executor = ExecutorActor.start(self.actor_ref, self._acker, self._prefix, self._node_id)
+            executor = ExecutorActor.start(
+                self.actor_ref, self._acker, self._prefix, self._node_id, self._attempts
+            )
             self._executors.append(executor)
             self._idle.append(executor)
         self._queue_claim()
@@ -154,12 +162,9 @@ class ProducerActor(pykka.ThreadingActor):
         elif isinstance(message, ExecutorIdle):
             self._on_idle(message.executor, message.outcome)
         elif isinstance(message, CancelRunning):
-            for job, cancellation in self._running.values():
-                if job.id == message.job_id:
-                    cancellation.set()
-            # A cancelled job that waits for an executor is already cancelled
-            # on its row, so it is dropped without running.
-            self._ready = deque(job for job in self._ready if job.id != message.job_id)
+            self._cancel({message.job_id})
+        elif isinstance(message, CheckCancelled):
+            self._check_cancelled()
         elif isinstance(message, Drain):
             self._draining = True
             self._return_ready()
@@ -202,6 +207,41 @@ class ProducerActor(pykka.ThreadingActor):
         self._queue_claim()
         self._settle_drain()
 
+    def _cancel(self, job_ids: set[int]) -> None:
+        for job_id in job_ids:
+            self._attempts.cancel(job_id)
+        # A cancelled job that waits for an executor is already cancelled
+        # on its row, so it is dropped without running.
+        self._ready = deque(job for job in self._ready if job.id not in job_ids)
+
+    def _check_cancelled(self) -> None:
+        """Cancel the running and prefetched jobs whose rows were cancelled."""
+        ids = self._attempts.job_ids() + [job.id for job in self._ready if job.id is not None]
+        if not ids:
+            return
+        try:
+            rows = self._connection().execute(self._statements.cancelled_among, {"ids": ids})
+            cancelled = {row[0] for row in rows.fetchall()}
+        except psycopg.Error as error:
+            logger.warning(
+                "checking %d jobs of queue %s for cancellations failed; a job cancelled while "
+                "the listener was disconnected runs on: %s",
+                len(ids),
+                self._queue,
+                error,
+                extra={"action": "cancel_check_failed", "queue": self._queue},
+            )
+            self._close()
+            return
+        if cancelled:
+            logger.info(
+                "jobs %s of queue %s were cancelled while the listener was disconnected",
+                sorted(cancelled),
+                self._queue,
+                extra={"action": "cancel_missed", "queue": self._queue},
+            )
+            self._cancel(cancelled)
+
     def _prefetch_limit(self) -> int:
         """Return how many claimed jobs may wait for an executor."""
         mean = self._mean_duration
@@ -230,6 +270,7 @@ class ProducerActor(pykka.ThreadingActor):
             executor = self._idle.popleft()
             cancellation = threading.Event()
             self._running[executor.actor_urn] = (job, cancellation)
+            self._attempts.add(job, cancellation)
             self._started_at[executor.actor_urn] = time.monotonic()
             executor.tell(Execute(job, cancellation))
 

@@ -199,6 +199,12 @@ SELECT pg_notify(n.channel, n.payload)
 FROM unnest(%(channel)s::text[], %(payload)s::text[]) AS n(channel, payload)
 """
 
+# Selects the given jobs that were cancelled, for a node that may have missed
+# their control notifications while its listener was disconnected.
+_CANCELLED_AMONG = """
+SELECT id FROM {jobs} WHERE id = ANY(%(ids)s::bigint[]) AND state = 'cancelled'
+"""
+
 _READ_OUTCOMES = """
 SELECT id, state, outcome, result, attempt FROM {jobs} WHERE id = ANY(%(ids)s::bigint[])
 """
@@ -238,6 +244,7 @@ class Statements:
         self.record_and_claim = render(_RECORD_AND_CLAIM)
         self.notify_many = render(_NOTIFY_MANY)
         self.read_outcomes = render(_READ_OUTCOMES)
+        self.cancelled_among = render(_CANCELLED_AMONG)
         self.upsert_node = render(_UPSERT_NODE)
         self.delete_node = render(_DELETE_NODE)
         self.stage = render(_STAGE)
