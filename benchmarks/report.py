@@ -224,6 +224,10 @@ def summarise(runs: list[dict[str, Figures]], sizes: Sizes) -> list[dict[str, An
     return summary
 
 
+def _seconds(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f} s"
+
+
 def format_table(summary: list[dict[str, Any]], environment: dict[str, Any], runs: int) -> str:
     """Return the summary as a Markdown table, preceded by the environment."""
 
@@ -234,7 +238,9 @@ def format_table(summary: list[dict[str, Any]], environment: dict[str, Any], run
         f"PostgreSQL {environment['postgresql']} ({environment['server']} server), "
         f"synchronous_commit={environment['synchronous_commit']}, fsync={environment['fsync']}, "
         f"wal_sync_method={environment['wal_sync_method']}; "
-        f"{environment['cpu_count']} CPUs; Python {environment['python']}; "
+        f"{environment['cpu_count']} CPUs ({environment.get('cpu_model') or 'model unknown'}); "
+        f"Python {environment['python']}, 10 million additions in a loop: "
+        f"{_seconds(environment.get('python_loop_seconds'))}; "
         f"median of {runs} run{'s' if runs != 1 else ''}",
         "",
         "| figure | relay_actors | floor | relay_actors/floor |",
