@@ -96,11 +96,12 @@ def test_stale_attempt_in_batch_loses(
     instance = start_instance(queues={})
     relay = Relay.async_(instance.name, Echo.new({"value": 1}))
     assert relay.job.id is not None
+    # As if this node had claimed the job's second attempt.
     db.execute(
-        sql.SQL("UPDATE {} SET state = 'executing', attempt = 2 WHERE id = %s").format(
-            sql.Identifier(instance.prefix, "jobs")
-        ),
-        (relay.job.id,),
+        sql.SQL(
+            "UPDATE {} SET state = 'executing', attempt = 2, attempted_by = %s WHERE id = %s"
+        ).format(sql.Identifier(instance.prefix, "jobs")),
+        (instance.node_id, relay.job.id),
     )
     stale = from_return(
         dataclasses.replace(relay.job, attempt=1), "stale", instance.prefix, instance.node_id

@@ -11,6 +11,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from relay_actors import Job
+from relay_actors.actors.outcomes import failed_attempt
+from relay_actors.actors.recording import OutcomeWriter
 from relay_actors.inserting import execute_insert
 from relay_actors.store.migrations import migrate
 from relay_actors.store.statements import Statements, statements_for
@@ -90,3 +92,41 @@ def test_outcome_writes_use_executing_index(conn: psycopg.Connection[Any], prefi
         )
         assert "Seq Scan on jobs" not in plan, plan
         assert "jobs_executing_idx" in plan, plan
+
+
+def test_outcome_skips_same_attempt_of_other_node(
+    conn: psycopg.Connection[Any], prefix: str
+) -> None:
+    """A rescue of an attempt must not end the same attempt number on another node.
+
+    Returning a prefetched job unstarted gives its attempt number back, so a
+    rescue prepared before the return would otherwise match the next claim.
+    """
+    statements = statements_for(prefix)
+    job_id = insert_job(conn, statements)
+    _, attempt = claim(conn, statements)
+    rescue = failed_attempt(
+        job_id=job_id,
+        queue=QUEUE,
+        attempt=attempt,
+        max_attempts=20,
+        error_type="relay_actors.failures.AttemptLost",
+        message=f"node {NODE} stopped heartbeating",
+        trace="",
+        node_id=NODE,
+        relay=None,
+        delay=0.0,
+        retry_state="available",
+    )
+    conn.execute(
+        statements.unclaim,
+        {"ids": [job_id], "attempts": [attempt], "node": NODE, "channel": "unused"},
+    )
+    (reclaimed,) = conn.execute(
+        statements.claim, {"node": "other-node", "queue": QUEUE, "limit": 1}
+    ).fetchall()
+    assert reclaimed[6] == attempt
+
+    OutcomeWriter(statements, "unused", None).write(conn, [rescue])
+
+    assert row_of(conn, prefix, job_id) == ("executing", attempt, "other-node")

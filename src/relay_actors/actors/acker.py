@@ -164,7 +164,7 @@ class AckerActor(pykka.ThreadingActor):
                     error_type=RECORD_FAILED_TYPE,
                     message=f"the outcome {outcome.status!r} could not be recorded: {error}",
                     trace="",
-                    node_id=self._node_id,
+                    node_id=outcome.node or self._node_id,
                     relay=outcome.relay,
                     delay=0.0,
                 )

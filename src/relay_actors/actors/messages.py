@@ -91,6 +91,9 @@ class AttemptOutcome:
 
     `state` is the job's next state and `status` the relay status. `result` is
     the encoded value or `JobError` stored on the row. `delay` is in seconds.
+    `node` is the id of the node that claimed the attempt. The outcome is
+    recorded only while the row's attempt is still that node's, because an
+    attempt number is used again when a prefetched job is returned unstarted.
     """
 
     job_id: int
@@ -104,6 +107,7 @@ class AttemptOutcome:
     error: dict[str, Any] | None = None
     meta_patch: dict[str, Any] | None = None
     relay: RelayTarget | None = None
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,7 @@ def failed_attempt(
         delay=0.0 if final else delay,
         error=entry,
         relay=relay,
+        node=node_id,
     )
 
 
@@ -153,6 +154,7 @@ def from_return(job: Job, value: Any, prefix: str, node_id: str) -> AttemptOutco
         "attempt": job.attempt,
         "queue": job.queue,
         "relay": relay,
+        "node": node_id,
     }
     if isinstance(value, Snooze):
         snoozed = job.meta.get("snoozed", 0)

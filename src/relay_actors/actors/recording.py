@@ -187,4 +187,5 @@ def outcome_document(outcome: AttemptOutcome) -> dict[str, Any]:
         "extra_attempts": outcome.extra_attempts,
         "error": outcome.error or None,
         "meta_patch": outcome.meta_patch or None,
+        "node": outcome.node,
     }

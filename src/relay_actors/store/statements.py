@@ -68,8 +68,10 @@ SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM returned) 
 
 # Records the outcomes of finished attempts and sends their notifications, in
 # one statement and so one transaction. Only rows still executing the same
-# attempt change, so an outcome never overwrites a job that moved on (it was
-# cancelled, rescued or released). A notification goes out only if every
+# attempt on the same node change, so an outcome never overwrites a job that
+# moved on (it was cancelled, rescued or released). The node matters because a
+# prefetched job returned unstarted gets its attempt number back, and another
+# node may then claim the job with the same number. A notification goes out only if every
 # attempt it carries (n.ids lists "job id:attempt" pairs) was recorded; the
 # acker resends the others' results. Outcomes and notifications arrive as one
 # JSON array each, with results as bytea in hex text. For a batch of three,
@@ -91,8 +93,10 @@ WITH updated AS (
         meta = CASE WHEN u.meta_patch IS NULL THEN j.meta ELSE j.meta || u.meta_patch END
     FROM jsonb_to_recordset(%(outcomes)s::jsonb)
          AS u(id bigint, attempt smallint, state text, outcome text, result bytea,
-              delay float8, extra_attempts smallint, error jsonb, meta_patch jsonb)
+              delay float8, extra_attempts smallint, error jsonb, meta_patch jsonb,
+              node text)
     WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt
+      AND (u.node IS NULL OR j.attempted_by = u.node)
     RETURNING j.id, u.attempt
 ),
 notified AS (
