@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pykka
 
-from relay_actors.actors.messages import READ_ROW, AwaitRefs, Forget
+from relay_actors.actors.messages import READ_ROW, AwaitRefs, Deliver, Forget
 from relay_actors.await_steps import Ask, Call, Collect, Pause, Step, run_blocking
 from relay_actors.errors import ConfigurationError, RelayNotCommitted
 from relay_actors.instance import Instance
@@ -25,7 +25,7 @@ from relay_actors.instances import get_instance
 from relay_actors.results import Error, Ok, Reason
 from relay_actors.store.connect import PoolTimeout
 from relay_actors.telemetry import RELAY_DELIVERED, RELAY_TIMEOUT, enabled, execute
-from relay_actors.wire import Delivery, delivery_from_row, to_await_result
+from relay_actors.wire import Delivery, Entry, delivery_from_row, to_await_result
 
 if TYPE_CHECKING:
     from relay_actors.relay import Relay
@@ -182,11 +182,29 @@ class _Wait:
                     self.results[index] = Error(Reason.NOT_FOUND)
                     continue
                 delivery = delivery_from_row(*row)
+                if delivery is not None:
+                    self._share(index, delivery)
                 if delivery is None or (self.with_retries and not delivery.final):
                     unsettled.append(index)
                 else:
                     self.results[index] = to_await_result(delivery)
         return unsettled
+
+    def _share(self, index: int, delivery: Delivery) -> None:
+        """Give an outcome read from a row to the mailbox that expects the relay.
+
+        The mailbox that adopted a relay never gets its notification, which
+        went to the mailbox that stopped. Other awaits of the same relay, in
+        this call or in another thread, wait on the adopting mailbox.
+        """
+        mailbox = self.mailboxes.get(index)
+        if mailbox is None:
+            return
+        entry = Entry(mailbox.actor_urn, str(self.relays[index].ref), delivery)
+        try:
+            mailbox.tell(Deliver((entry,)))
+        except pykka.ActorDeadError:
+            pass
 
     def give_up(self) -> None:
         """Mark unresolved relays as timed out and tell their mailboxes to drop the waits."""
@@ -251,7 +269,9 @@ def wait_for_results(
                 yield from wait.ask((yield from wait.read_rows(read_rows)))
             if block and wait.remaining() <= 0:
                 break
-            block = not read_rows and not in_row
+            # Past the deadline, one last collect that does not wait, even if
+            # row reads keep failing and results keep pointing at the rows.
+            block = (not read_rows and not in_row) or wait.remaining() <= 0
     finally:
         wait.give_up()
     results = [result if result is not None else Error(Reason.TIMEOUT) for result in wait.results]

@@ -1,0 +1,106 @@
+"""Awaits and stops at the edges: adopted relays, failing row reads and producer restarts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from relay_actors import Error, Instance, Ok, Reason, Relay
+from tests.conftest import job_state, wait_until
+from tests.workers import Echo
+
+RESULT_TIMEOUT = 10.0
+# Interval of the safety-net poll, long enough that the poll cannot deliver a
+# result within a test, so the await alone must get it.
+NO_SAFETY_NET = 600.0
+# Time an await may take past its timeout.
+AWAIT_TOLERANCE_SECONDS = 2.0
+
+
+def insert_from_ended_thread(instance: Instance, value: Any) -> Relay[Any]:
+    """Insert an Echo job from a thread that then ends, and wait for its mailbox to stop."""
+    relays: list[Relay[Any]] = []
+    inserter = threading.Thread(
+        target=lambda: relays.append(Relay.async_(instance.name, Echo.new({"value": value})))
+    )
+    inserter.start()
+    inserter.join()
+    relay = relays[0]
+    assert relay.mailbox.actor_stopped.wait(RESULT_TIMEOUT), "the ended thread's mailbox runs on"
+    return relay
+
+
+def test_same_relay_twice_after_thread_ended(
+    start_instance: Callable[..., Instance], db: psycopg.Connection[Any], prefix: str
+) -> None:
+    instance = start_instance(safety_net_interval=NO_SAFETY_NET)
+    relay = insert_from_ended_thread(instance, "twice")
+    wait_until(
+        lambda: job_state(db, prefix, relay.job.id) == "completed",
+        timeout=RESULT_TIMEOUT,
+        message=f"job {relay.job.id} did not complete",
+    )
+
+    results = Relay.await_many([relay, relay], timeout=1.0)
+
+    assert results[0] == Ok("twice")
+    assert results[1] == Ok("twice")
+
+
+def test_row_result_await_ends_by_timeout(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    database_dsn: str,
+    prefix: str,
+) -> None:
+    # inline_results=False keeps every result in its row, so each await reads the row.
+    instance = start_instance(pool_size=1, plugins=[Relay.plugin(inline_results=False)])
+    relay = Relay.async_(instance.name, Echo.new({"value": "in the row"}))
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("in the row")
+    # A job scheduled an hour ahead stays cancellable for the whole test.
+    other = Relay.async_(instance.name, Echo.new({"value": "later"}, scheduled_in=3600))
+
+    # A cancellation that waits for a row lock holds the pool's only connection.
+    locker = psycopg.connect(database_dsn)
+    cancelling = threading.Thread(target=instance.cancel_job, args=(other.job.id,))
+    try:
+        locker.execute(
+            sql.SQL("SELECT id FROM {} WHERE id = %s FOR UPDATE").format(
+                sql.Identifier(prefix, "jobs")
+            ),
+            (other.job.id,),
+        )
+        cancelling.start()
+        wait_until(
+            lambda: db.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'relay_actors caller%%' AND wait_event_type = 'Lock'"
+            ).fetchone()
+            == (1,),
+            timeout=RESULT_TIMEOUT,
+            message="the cancellation did not wait for the row lock",
+        )
+
+        results: list[Any] = []
+        done = threading.Event()
+
+        def await_again() -> None:
+            results.append(Relay.await_(relay, timeout=0.5))
+            done.set()
+
+        started = time.monotonic()
+        threading.Thread(target=await_again, daemon=True).start()
+        ended = done.wait(0.5 + AWAIT_TOLERANCE_SECONDS)
+        waited = time.monotonic() - started
+    finally:
+        locker.rollback()
+        locker.close()
+        cancelling.join(RESULT_TIMEOUT)
+
+    assert ended, f"await_(timeout=0.5) still running after {waited:.1f} s"
+    assert results == [Error(Reason.TIMEOUT)]
