@@ -20,7 +20,7 @@ from relay_actors.actors.directory import MailboxDirectory
 from relay_actors.actors.lifeline import LOST_TYPE, LifelineActor
 from relay_actors.actors.listener import ListenerActor
 from relay_actors.actors.mailbox import RelayRefActor
-from relay_actors.actors.messages import Drain, Record, Release, Sync, Tick
+from relay_actors.actors.messages import Drain, Record, Sync, Tick
 from relay_actors.actors.outcomes import failed_attempt, relay_target
 from relay_actors.actors.poller import ResultPollerActor
 from relay_actors.actors.producer import ProducerActor
@@ -99,6 +99,7 @@ class Instance:
         self._local = threading.local()
         self._supervisor = Supervisor(self.node_id)
         self._producers: dict[str, pykka.ActorRef[Any]] = {}
+        self._attempts: dict[str, RunningAttempts] = {}
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         # Ends the ticker, which keeps the lifeline heartbeating while stop()
@@ -213,8 +214,10 @@ class Instance:
         self, queue: str, size: int, acker: Any, common: dict[str, Any]
     ) -> Callable[[], pykka.ActorRef[Any]]:
         # One for every producer this queue gets, so that after a restart
-        # cancellations still reach the attempts of the old producer's executors.
+        # cancellations still reach the attempts of the old producer's
+        # executors, and stop() still waits for them.
         attempts = RunningAttempts()
+        self._attempts[queue] = attempts
 
         def factory() -> pykka.ActorRef[Any]:
             return ProducerActor.start(
@@ -329,21 +332,20 @@ class Instance:
                 drains.append((producer, producer.ask(Drain(), block=False)))
             except pykka.ActorDeadError:
                 continue
-        for producer, drain in drains:
+        for _, drain in drains:
             try:
                 drain.get(timeout=max(0.0, deadline - time.monotonic())).get(
                     timeout=max(0.0, deadline - time.monotonic())
                 )
-            except pykka.Timeout:
-                self._release_running(producer)
-            except pykka.ActorDeadError:
+            except (pykka.Timeout, pykka.ActorDeadError):
                 continue
+        # A producer drains only the attempts it started. Those of an earlier
+        # producer of its queue, which the supervisor replaced, may run on.
+        for attempts in self._attempts.values():
+            if not attempts.wait_until_empty(max(0.0, deadline - time.monotonic())):
+                self._release_running(attempts.jobs())
 
-    def _release_running(self, producer: pykka.ActorRef[Any]) -> None:
-        try:
-            running: list[Job] = producer.ask(Release(), block=True, timeout=1.0)
-        except (pykka.Timeout, pykka.ActorDeadError):
-            return
+    def _release_running(self, running: list[Job]) -> None:
         acker = self._supervisor.slot("acker")
         for job in running:
             assert job.id is not None  # claimed jobs have ids

@@ -5,14 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pykka
+import pytest
 from psycopg import sql
 
 from relay_actors import Error, Instance, Ok, Reason, Relay
+from relay_actors.actors.producer import ProducerActor
 from tests.conftest import job_state, wait_until
-from tests.workers import Echo
+from tests.workers import SLOW_QUEUE, Echo, WaitsForCancel, WaitsForFile
 
 RESULT_TIMEOUT = 10.0
 # Interval of the safety-net poll, long enough that the poll cannot deliver a
@@ -104,3 +108,83 @@ def test_row_result_await_ends_by_timeout(
 
     assert ended, f"await_(timeout=0.5) still running after {waited:.1f} s"
     assert results == [Error(Reason.TIMEOUT)]
+
+
+def stop_producer_and_wait_for_restart(instance: Instance, queue: str) -> None:
+    """Stop the queue's producer from outside the instance, which looks like a crash."""
+    producers = pykka.ActorRegistry.get_by_class(ProducerActor)
+    assert len(producers) == 1, f"expected one producer in this process, found {producers}"
+    producers[0].stop()
+    wait_until(
+        lambda: instance.statistics()["restarts"].get(f"producer {queue}") == 1,
+        timeout=5.0,
+        message="the supervisor never restarted the producer",
+    )
+
+
+def test_cancel_during_producer_restart(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    instance = start_instance(queues={SLOW_QUEUE: 2})
+    marker = tmp_path / "cancelled"
+    relay = Relay.async_(instance.name, WaitsForCancel.new({"seconds": 15, "marker": str(marker)}))
+    wait_until(
+        lambda: job_state(db, prefix, relay.job.id) == "executing",
+        timeout=RESULT_TIMEOUT,
+        message="the job never started",
+    )
+    producers = pykka.ActorRegistry.get_by_class(ProducerActor)
+    assert len(producers) == 1, f"expected one producer in this process, found {producers}"
+
+    # The supervisor checks its actors once a second, so the cancellation
+    # usually arrives while no producer runs the queue.
+    producers[0].stop(block=False)
+    assert producers[0].actor_stopped.wait(5.0), "the producer did not stop"
+    assert instance.cancel_job(relay.job.id or 0, reason="stop now") is True
+    if f"producer {SLOW_QUEUE}" in instance.statistics()["restarts"]:
+        pytest.skip("the supervisor restarted the producer before the cancellation arrived")
+    wait_until(
+        lambda: instance.statistics()["restarts"].get(f"producer {SLOW_QUEUE}") == 1,
+        timeout=5.0,
+        message="the supervisor never restarted the producer",
+    )
+
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Error(Reason.CANCELLED)
+    wait_until(
+        marker.exists,
+        timeout=5.0,
+        message="the running job never saw self.cancelled() turn true",
+    )
+
+
+def test_stop_waits_across_producer_restart(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    caller = start_instance(queues={})
+    worker = start_instance(queues={SLOW_QUEUE: 1}, shutdown_grace=20.0)
+    release = tmp_path / "release"
+    relay = Relay.async_(caller.name, WaitsForFile.new({"path": str(release), "seconds": 30}))
+    wait_until(
+        lambda: job_state(db, prefix, relay.job.id) == "executing",
+        timeout=RESULT_TIMEOUT,
+        message="the job never started",
+    )
+    stop_producer_and_wait_for_restart(worker, SLOW_QUEUE)
+
+    stopper = threading.Thread(target=worker.stop, name="stop-worker")
+    stopper.start()
+    # stop() must wait for the running job, which waits for the file.
+    stopper.join(timeout=2.0)
+    returned_early = not stopper.is_alive()
+    release.write_text("go\n")
+    stopper.join(timeout=RESULT_TIMEOUT)
+
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("released")
+    assert job_state(db, prefix, relay.job.id) == "completed"
+    assert not returned_early, "stop() returned while a job was still running"

@@ -57,10 +57,19 @@ class ExecutorActor(pykka.ThreadingActor):
             )
             return None
         outcome = run_attempt(message.job, message.cancellation, self._prefix, self._node_id)
-        self._attempts.remove(message.job)
+        try:
+            self._hand_on(outcome)
+        finally:
+            # Only now, so that a stopping instance that waits for its running
+            # attempts finds this outcome queued for the acker.
+            self._attempts.remove(message.job)
+        return None
+
+    def _hand_on(self, outcome: AttemptOutcome) -> None:
+        """Send the outcome to the producer, or to the acker if the producer stopped."""
         try:
             self._producer.tell(ExecutorIdle(self.actor_ref, outcome))
-            return None
+            return
         except pykka.ActorDeadError:
             pass
         # The producer stopped (the node is stopping or it crashed), so the
@@ -68,10 +77,9 @@ class ExecutorActor(pykka.ThreadingActor):
         if not self._acker.tell(Record(outcome)):
             logger.error(
                 "outcome of job %s lost: the acker stopped; the job stays executing until rescued",
-                message.job.id,
-                extra={"action": "record_failed", "job_id": message.job.id},
+                outcome.job_id,
+                extra={"action": "record_failed", "job_id": outcome.job_id},
             )
-        return None
 
 
 def run_attempt(

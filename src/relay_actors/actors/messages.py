@@ -57,11 +57,6 @@ class CheckCancelled:
 
 
 @dataclass(frozen=True, slots=True)
-class Release:
-    """Reply with the jobs still running; their outcomes are then recorded as lost."""
-
-
-@dataclass(frozen=True, slots=True)
 class ExecutorIdle:
     """The executor finished its attempt, whose outcome it carries, and can take another job."""
 

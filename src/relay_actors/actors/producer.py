@@ -23,7 +23,6 @@ from relay_actors.actors.messages import (
     Execute,
     ExecutorIdle,
     Record,
-    Release,
     Tick,
     Wake,
 )
@@ -126,6 +125,10 @@ class ProducerActor(pykka.ThreadingActor):
             self._executors.append(executor)
             self._idle.append(executor)
         self._queue_claim()
+        # After a restart, the old producer's executors may still run attempts
+        # whose cancellation notifications reached no producer meanwhile.
+        if len(self._attempts):
+            self.actor_ref.tell(CheckCancelled())
 
     def on_stop(self) -> None:
         # Idle executors stop at once; one still running a job (past the
@@ -172,8 +175,6 @@ class ProducerActor(pykka.ThreadingActor):
             self._drained.append(future)
             self._settle_drain()
             return future
-        elif isinstance(message, Release):
-            return [job for job, _ in self._running.values()]
         else:
             logger.warning(
                 "producer %s dropped an unknown message %r",
