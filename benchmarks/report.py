@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.run import Sizes
+from benchmarks.run import FULL, Sizes
 from benchmarks.stats import median_or_none, ratio
 
 SIDES = ("relay_actors", "floor")
@@ -49,8 +49,12 @@ def _time_ratio(figures: Figures) -> float | None:
 
 def metrics(sizes: Sizes) -> list[Metric]:
     small, large = f"{sizes.small_jobs:,}", f"{sizes.large_jobs:,}"
-    # 10 % over linear scaling: 4.4 for 20,000 jobs against 5,000.
+    # 10 % over linear scaling: 4.4 for 20,000 jobs against 5,000. The target
+    # is set for the full sizes; at the --quick sizes start-up costs dominate.
     target = 1.1 * sizes.large_jobs / sizes.small_jobs
+    time_ratio_label = f"time {large} / time {small}"
+    if sizes == FULL:
+        time_ratio_label += f" (target <= {target:.1f})"
     return [
         Metric("latency_p50_ms", "latency p50 (ms)", 2, _path("latency", "p50_ms")),
         Metric("latency_p90_ms", "latency p90 (ms)", 2, _path("latency", "p90_ms")),
@@ -97,7 +101,7 @@ def metrics(sizes: Sizes) -> list[Metric]:
         ),
         Metric(
             "time_ratio_large_small",
-            f"time {large} / time {small} (target <= {target:.1f})",
+            time_ratio_label,
             2,
             _time_ratio,
         ),
