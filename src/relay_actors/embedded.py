@@ -101,10 +101,14 @@ class EmbeddedServer:
             server.cleanup()
         except (OSError, subprocess.SubprocessError) as error:
             logger.warning(
-                "stopping the embedded PostgreSQL failed: %s",
+                "stopping the embedded PostgreSQL failed, so its watchdog stops it: %s",
                 error,
                 extra={"action": "embedded_stop_failed"},
             )
+            # Without the stop word, the watchdog signals the server and
+            # deletes its directory.
+            self._release_watchdog(stopped=False)
+            return
         shutil.rmtree(self._directory, ignore_errors=True)
         self._release_watchdog(stopped=True)
         logger.info("embedded PostgreSQL stopped", extra={"action": "embedded_stop"})
