@@ -9,6 +9,7 @@ import psycopg
 import pykka
 from pykka import ThreadingFuture
 
+from relay_actors.actors.inbox import take_queued
 from relay_actors.actors.messages import AttemptOutcome, Flush, Record, Sync, Tick
 from relay_actors.actors.outcomes import failed_attempt
 from relay_actors.actors.recording import OutcomeWriter
@@ -54,6 +55,7 @@ class AckerActor(pykka.ThreadingActor):
         self.recorded = 0
 
     def on_stop(self) -> None:
+        self._batch.extend(record.outcome for record in take_queued(self, Record))
         if self._batch:
             self._flush()
         if self._batch:
@@ -65,11 +67,22 @@ class AckerActor(pykka.ThreadingActor):
         self._close()
 
     def on_failure(self, *exc_info: Any) -> None:
-        logger.error(
-            "acker failed with %d outcomes not recorded; those jobs stay executing until rescued",
-            len(self._batch),
-            extra={"action": "record_lost"},
-        )
+        self._batch.extend(record.outcome for record in take_queued(self, Record))
+        if self._batch:
+            try:
+                self._flush()
+            except Exception:
+                logger.exception(
+                    "acker could not write its outcomes after it failed",
+                    extra={"action": "record_failed"},
+                )
+        if self._batch:
+            logger.error(
+                "acker failed with %d outcomes not recorded; those jobs stay executing until "
+                "rescued",
+                len(self._batch),
+                extra={"action": "record_lost"},
+            )
         self._close()
 
     def _close(self) -> None:

@@ -14,6 +14,7 @@ from pykka import ThreadingFuture
 
 from relay_actors.actors.attempts import RunningAttempts
 from relay_actors.actors.executor import ExecutorActor
+from relay_actors.actors.inbox import take_queued
 from relay_actors.actors.messages import (
     AttemptOutcome,
     CancelRunning,
@@ -141,6 +142,7 @@ class ProducerActor(pykka.ThreadingActor):
         # A producer that stops without a drain (a supervisor restart) still
         # returns its prefetched jobs, because the next producer does not track them.
         self._return_ready()
+        self._take_queued_outcomes()
         self._hand_to_acker()
         self._close()
 
@@ -148,8 +150,14 @@ class ProducerActor(pykka.ThreadingActor):
         for executor in self._executors:
             executor.stop(block=False)
         self._return_ready()
+        self._take_queued_outcomes()
         self._hand_to_acker()
         self._close()
+
+    def _take_queued_outcomes(self) -> None:
+        """Keep the outcomes that executors sent after this producer's last message."""
+        for idle in take_queued(self, ExecutorIdle):
+            self._outcomes.append(idle.outcome)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Wake):
