@@ -25,7 +25,7 @@ from relay_actors.instances import get_instance
 from relay_actors.results import Error, Ok, Reason
 from relay_actors.store.connect import PoolTimeout
 from relay_actors.telemetry import RELAY_DELIVERED, RELAY_TIMEOUT, enabled, execute
-from relay_actors.wire import Delivery, Entry, delivery_from_row, to_await_result
+from relay_actors.wire import Delivery, Entry, to_await_result
 
 if TYPE_CHECKING:
     from relay_actors.relay import Relay
@@ -164,7 +164,8 @@ class _Wait:
             job_ids = [self._job_id(i) for i in group]
             timeout = max(self.remaining(), POOL_MIN_SECONDS)
             try:
-                rows = yield Call(_read_outcomes, (self.instances[group[0]], job_ids, timeout))
+                instance = self.instances[group[0]]
+                deliveries = yield Call(instance.read_deliveries, (job_ids, timeout))
             except (psycopg.OperationalError, PoolTimeout) as error:
                 # The database is unreachable or every connection is busy: keep
                 # waiting on the mailbox, which the safety-net poll fills later.
@@ -177,11 +178,11 @@ class _Wait:
                 yield Pause(min(ROW_RETRY_SECONDS, self.remaining()))
                 continue
             for index in group:
-                row = rows.get(self._job_id(index))
-                if row is None:
+                job_id = self._job_id(index)
+                if job_id not in deliveries:
                     self.results[index] = Error(Reason.NOT_FOUND)
                     continue
-                delivery = delivery_from_row(*row)
+                delivery = deliveries[job_id]
                 if delivery is not None:
                     self._share(index, delivery)
                 if delivery is None or (self.with_retries and not delivery.final):
@@ -227,14 +228,6 @@ def _transaction_status(instance: Instance, xid: str, timeout: float) -> str | N
     with instance.pool.connection(timeout) as conn:
         row = conn.execute(instance.statements.xact_status, {"xid": xid}).fetchone()
     return None if row is None or row[0] is None else str(row[0])
-
-
-def _read_outcomes(
-    instance: Instance, job_ids: list[int], timeout: float
-) -> dict[int, tuple[Any, ...]]:
-    with instance.pool.connection(timeout) as conn:
-        rows = conn.execute(instance.statements.read_outcomes, {"ids": job_ids}).fetchall()
-    return {int(row[0]): row for row in rows}  # type: ignore[call-overload]
 
 
 def await_relays(relays: Sequence[Relay[Any]], timeout: float, with_retries: bool) -> list[Result]:

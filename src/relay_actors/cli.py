@@ -15,7 +15,7 @@ from types import FrameType
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from relay_actors.errors import ConfigurationError
+from relay_actors.errors import ConfigurationError, RelayError
 from relay_actors.instances import start
 from relay_actors.names import validate_prefix
 from relay_actors.options import DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_GRACE
@@ -211,7 +211,16 @@ def run_worker(args: argparse.Namespace) -> int:
                 "folder that contains it, or set PYTHONPATH",
                 module,
                 error,
-                extra={"action": "import_failed", "module": module},
+                extra={"action": "import_failed", "worker_module": module},
+            )
+            return 2
+        except Exception as error:  # noqa: BLE001 - any error of the module's own code
+            logger.error(
+                "importing worker module %s failed: %s: %s; fix the module",
+                module,
+                type(error).__name__,
+                error,
+                extra={"action": "import_failed", "worker_module": module},
             )
             return 2
     if not args.queue:
@@ -220,6 +229,9 @@ def run_worker(args: argparse.Namespace) -> int:
             extra={"action": "invalid_option"},
         )
         return 2
+    for option, dsn in (("--dsn", args.dsn), ("--listen-dsn", args.listen_dsn)):
+        if dsn is not None and dsn != "embedded" and not _is_valid_dsn(option, dsn):
+            return 2
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -251,6 +263,10 @@ def run_worker(args: argparse.Namespace) -> int:
     except ConfigurationError as error:
         logger.error("%s", error, extra={"action": "start_failed"})
         return 2
+    except RelayError as error:
+        # For example a listener that cannot connect through --listen-dsn.
+        logger.error("cannot start the node: %s", error, extra={"action": "start_failed"})
+        return 1
     print(f"ready node={instance.node_id}", flush=True)
     try:
         while not stop_requested.wait(1.0):
@@ -274,7 +290,26 @@ def _database_from(args: argparse.Namespace) -> tuple[str, str] | None:
             extra={"action": "invalid_option"},
         )
         return None
+    if not _is_valid_dsn("--dsn", dsn):
+        return None
     return dsn, prefix
+
+
+def _is_valid_dsn(option: str, dsn: str) -> bool:
+    """Return True if `dsn` parses as a connection string; else log why and return False."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as error:
+        # Only psycopg's message is logged, not the DSN, which may hold a password.
+        logger.error(
+            "invalid %s: %s; give key=value pairs such as 'host=db dbname=app' or a "
+            "postgresql:// URL",
+            option,
+            str(error).strip(),
+            extra={"action": "invalid_option"},
+        )
+        return False
+    return True
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -344,5 +379,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             _server_of(getattr(args, "dsn", None)),
             str(error).strip(),
             extra={"action": "connect_failed"},
+        )
+        return 1
+    except psycopg.Error as error:
+        # For example a migration that the server rejected, or a malformed
+        # DSN taken from the environment.
+        logger.error(
+            "cannot %s: %s: %s",
+            _PURPOSES[args.command],
+            type(error).__name__,
+            str(error).strip(),
+            extra={"action": "database_error"},
         )
         return 1

@@ -90,6 +90,7 @@ class _InlineRunner(InsertCombiner):
         # Inline mode makes no second attempt, so every outcome is final: an
         # await with with_retries=True returns it instead of waiting for retries.
         delivery = Delivery(outcome.job_id, outcome.status, outcome.attempt, True, outcome.result)
+        self._instance.keep(delivery)
         mailbox = self._instance.directory.route(relay.mailbox, relay.ref)
         if mailbox is not None:
             mailbox.tell(Deliver((Entry(relay.mailbox, relay.ref, delivery),)))
@@ -112,6 +113,25 @@ class InlineInstance(Instance):
         )
         self.pool = _NoDatabasePool(name, self.node_id)
         self.inserter = _InlineRunner(self)
+        # What a real instance would read from the rows, for awaits that find
+        # no result in their mailbox (a thread that ended, a full cache).
+        # NOTE: it keeps every relay job's outcome until the instance stops.
+        self._deliveries: dict[int, Delivery] = {}
+        self._deliveries_lock = threading.Lock()
+
+    def keep(self, delivery: Delivery) -> None:
+        """Store a job's final outcome, as a real instance stores it on the job's row."""
+        with self._deliveries_lock:
+            self._deliveries[delivery.job_id] = delivery
+
+    def read_deliveries(self, job_ids: list[int], timeout: float) -> dict[int, Delivery | None]:
+        """Return the stored outcome of each job that ran on this instance."""
+        with self._deliveries_lock:
+            return {
+                job_id: self._deliveries[job_id]
+                for job_id in job_ids
+                if job_id in self._deliveries
+            }
 
     def start_actors(self) -> None:
         """Start nothing: an inline instance has no actors besides callers' mailboxes."""

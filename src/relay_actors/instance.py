@@ -47,6 +47,7 @@ from relay_actors.store.connect import (
 from relay_actors.store.migrations import migrate
 from relay_actors.store.statements import Statements, statements_for
 from relay_actors.supervision import Supervisor
+from relay_actors.wire import Delivery, delivery_from_row
 from relay_actors.worker import registered_worker_names
 
 logger = logging.getLogger("relay_actors.instance")
@@ -295,7 +296,12 @@ class Instance:
         becomes available to other nodes, or discarded after its last attempt),
         its daemon thread is left running, and whatever it returns is dropped.
         Every connection is closed. Calling stop twice is harmless.
+
+        Raises:
+            InstanceForkedError: called in a process forked from the one that
+                started the instance, which still runs it.
         """
+        self._check_same_process()
         with self._stop_lock:
             if self._stopped:
                 return
@@ -416,11 +422,7 @@ class Instance:
 
     def check_usable(self, *, relay: bool = True) -> None:
         """Raise unless this instance is running in the process that started it."""
-        if os.getpid() != self._pid:
-            raise InstanceForkedError(
-                f"instance {self.name!r} was started in process {self._pid} before a fork; "
-                "call relay_actors.start() in each child process after the fork"
-            )
+        self._check_same_process()
         if self._stopped:
             raise InstanceNotFoundError(
                 f"instance {self.name!r} is stopped; start it again with relay_actors.start()"
@@ -428,6 +430,27 @@ class Instance:
         if relay and self.relay_plugin is None:
             raise ConfigurationError(
                 f"instance {self.name!r} has no Relay plugin: pass plugins=[Relay] to start()"
+            )
+
+    def read_deliveries(self, job_ids: list[int], timeout: float) -> dict[int, Delivery | None]:
+        """Return the outcome recorded on each job's row, or None where none is yet.
+
+        A job without a row is left out. `timeout` bounds the wait for a
+        pooled connection.
+        """
+        with self.pool.connection(timeout) as conn:
+            rows: list[tuple[Any, ...]] = conn.execute(
+                self.statements.read_outcomes, {"ids": job_ids}
+            ).fetchall()
+        return {int(row[0]): delivery_from_row(*row) for row in rows}
+
+    def _check_same_process(self) -> None:
+        # A forked child has none of the actors' threads, and its copies of
+        # the connections belong to the parent, which still runs the instance.
+        if os.getpid() != self._pid:
+            raise InstanceForkedError(
+                f"instance {self.name!r} was started in process {self._pid} before a fork; "
+                "call relay_actors.start() in each child process after the fork"
             )
 
     def mailbox(self) -> pykka.ActorRef[Any]:

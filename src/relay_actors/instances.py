@@ -22,6 +22,16 @@ _instances: dict[str, Instance | None] = {}
 _lock = threading.Lock()
 
 
+def _renew_lock_after_fork() -> None:
+    # Another thread of the parent may have held the lock at the fork, and
+    # no thread of the child would ever release it.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_lock_after_fork)
+
+
 def _plugin_from(plugins: Iterable[object]) -> RelayPlugin | None:
     from relay_actors.relay import Relay
 
@@ -118,7 +128,7 @@ def start(
     validate_prefix(prefix)
     resolved = resolve_dsn(dsn)
     with _lock:
-        if name in _instances:
+        if _is_taken(name):
             raise _name_taken(name)
         _instances[name] = None  # reserves the name while the instance starts
     is_embedded = resolved == EMBEDDED
@@ -158,9 +168,21 @@ def _name_taken(name: str) -> RelayError:
     )
 
 
+def _is_taken(name: str) -> bool:
+    """Tell whether `name` belongs to an instance of this process; call with `_lock` held.
+
+    An instance inherited through a fork belongs to the parent, so a child
+    may start its own under the same name.
+    """
+    if name not in _instances:
+        return False
+    instance = _instances[name]
+    return instance is None or instance.pid == os.getpid()
+
+
 def _start_inline(name: str, node: str, options: Options) -> Instance:
     with _lock:
-        if name in _instances:
+        if _is_taken(name):
             raise _name_taken(name)
         instance = InlineInstance(name=name, node=node, options=options, on_stop=_forget(False))
         _instances[name] = instance

@@ -231,6 +231,10 @@ def _insert(
             scheduled_at=scheduled_at,
         )
         relays.append(Relay(inserted, mailbox, ref, instance.name, xid))
-    tracked = tuple((str(relay.ref), row[0]) for relay, row in zip(relays, rows, strict=True))
-    track(mailbox, tracked)
+    # An inline instance delivered every result during the insert. Tracking
+    # them now would list evicted results as pending again, and awaits of
+    # those would wait for a notification that never comes.
+    if not instance.inline:
+        tracked = tuple((str(relay.ref), row[0]) for relay, row in zip(relays, rows, strict=True))
+        track(mailbox, tracked)
     return relays
