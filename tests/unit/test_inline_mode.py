@@ -43,6 +43,10 @@ from tests.workers import (
 # Inline results are in the mailbox before the await starts, so a zero
 # timeout must still return them.
 NO_WAIT = 0.0
+# Inline results exist before an await starts, so this only bounds a wrong wait.
+AWAIT_TIMEOUT = 1.0
+# Seconds for a mailbox to stop.
+MAILBOX_STOP_TIMEOUT = 5.0
 
 performed_on: list[int] = []
 
@@ -246,3 +250,36 @@ def test_stopped_instance_rejects_inserts(start_inline: Callable[..., Instance])
 def test_invalid_testing_mode_rejected() -> None:
     with pytest.raises(ConfigurationError, match="invalid testing mode 'manual'"):
         relay_actors.start(testing="manual", plugins=[Relay])
+
+
+# A real instance reads a result from the job's row when the caller's mailbox
+# no longer contains it. An inline instance has no row, so its results must
+# stay awaitable in the same cases.
+
+
+def test_inline_await_after_thread_ended(start_inline: Callable[..., Instance]) -> None:
+    instance = start_inline()
+    relays: list[Relay[int]] = []
+    inserter = threading.Thread(
+        target=lambda: relays.append(Relay.async_(instance.name, Double.new({"int": 2})))
+    )
+    inserter.start()
+    inserter.join()
+    # The inserting thread's mailbox stops once the thread is gone, and a real
+    # instance then reads the result from the job's row. The test stops the
+    # mailbox itself, because when the thread's locals are freed depends on
+    # the interpreter.
+    mailbox = relays[0].mailbox
+    mailbox.stop(timeout=MAILBOX_STOP_TIMEOUT)
+    assert not mailbox.is_alive(), "the ended thread's mailbox is still running"
+
+    assert Relay.await_(relays[0], timeout=AWAIT_TIMEOUT) == Ok(4)
+
+
+def test_inline_await_many_past_max_outcomes(start_inline: Callable[..., Instance]) -> None:
+    instance = start_inline(max_outcomes=2)
+    relays = Relay.async_many(instance.name, [Double.new({"int": i}) for i in range(4)])
+
+    results = Relay.await_many(relays, timeout=AWAIT_TIMEOUT)
+
+    assert results == [Ok(0), Ok(2), Ok(4), Ok(6)]
