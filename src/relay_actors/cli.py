@@ -216,7 +216,7 @@ def run_worker(args: argparse.Namespace) -> int:
             return 2
         except Exception as error:  # noqa: BLE001 - any error of the module's own code
             logger.error(
-                "importing worker module %s failed: %s: %s; fix the module",
+                "importing worker module %s failed with %s: %s. Fix the module and start again",
                 module,
                 type(error).__name__,
                 error,
@@ -302,7 +302,7 @@ def _is_valid_dsn(option: str, dsn: str) -> bool:
     except psycopg.ProgrammingError as error:
         # Only psycopg's message is logged, not the DSN, which may hold a password.
         logger.error(
-            "invalid %s: %s; give key=value pairs such as 'host=db dbname=app' or a "
+            "invalid %s: %s. Give key=value pairs such as 'host=db dbname=app' or a "
             "postgresql:// URL",
             option,
             str(error).strip(),

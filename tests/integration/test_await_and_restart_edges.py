@@ -9,14 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pykka
-import pytest
 from psycopg import sql
 
 from relay_actors import Error, Instance, Ok, Reason, Relay
 from relay_actors.actors.producer import ProducerActor
 from tests.conftest import job_state, wait_until
-from tests.workers import SLOW_QUEUE, Echo, WaitsForCancel, WaitsForFile
+from tests.restarts import (
+    RESTART_TIMEOUT,
+    only_actor,
+    start_cancellable_job,
+    wait_for_cancellation_seen,
+    wait_for_restart,
+)
+from tests.workers import SLOW_QUEUE, Echo, WaitsForFile
 
 RESULT_TIMEOUT = 10.0
 # Interval of the safety-net poll, long enough that the poll cannot deliver a
@@ -81,11 +86,13 @@ def test_row_result_await_ends_by_timeout(
         )
         cancelling.start()
         wait_until(
-            lambda: db.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name LIKE 'relay_actors caller%%' AND wait_event_type = 'Lock'"
-            ).fetchone()
-            == (1,),
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name LIKE 'relay_actors caller%%' AND wait_event_type = 'Lock'"
+                ).fetchone()
+                == (1,)
+            ),
             timeout=RESULT_TIMEOUT,
             message="the cancellation did not wait for the row lock",
         )
@@ -110,18 +117,6 @@ def test_row_result_await_ends_by_timeout(
     assert results == [Error(Reason.TIMEOUT)]
 
 
-def stop_producer_and_wait_for_restart(instance: Instance, queue: str) -> None:
-    """Stop the queue's producer from outside the instance, which looks like a crash."""
-    producers = pykka.ActorRegistry.get_by_class(ProducerActor)
-    assert len(producers) == 1, f"expected one producer in this process, found {producers}"
-    producers[0].stop()
-    wait_until(
-        lambda: instance.statistics()["restarts"].get(f"producer {queue}") == 1,
-        timeout=5.0,
-        message="the supervisor never restarted the producer",
-    )
-
-
 def test_cancel_during_producer_restart(
     start_instance: Callable[..., Instance],
     db: psycopg.Connection[Any],
@@ -130,34 +125,19 @@ def test_cancel_during_producer_restart(
 ) -> None:
     instance = start_instance(queues={SLOW_QUEUE: 2})
     marker = tmp_path / "cancelled"
-    relay = Relay.async_(instance.name, WaitsForCancel.new({"seconds": 15, "marker": str(marker)}))
-    wait_until(
-        lambda: job_state(db, prefix, relay.job.id) == "executing",
-        timeout=RESULT_TIMEOUT,
-        message="the job never started",
-    )
-    producers = pykka.ActorRegistry.get_by_class(ProducerActor)
-    assert len(producers) == 1, f"expected one producer in this process, found {producers}"
+    relay = start_cancellable_job(instance, db, prefix, marker)
+    producer = only_actor(ProducerActor)
 
     # The supervisor checks its actors once a second, so the cancellation
-    # usually arrives while no producer runs the queue.
-    producers[0].stop(block=False)
-    assert producers[0].actor_stopped.wait(5.0), "the producer did not stop"
+    # usually arrives while no producer runs the queue. If the new producer
+    # is already running, the cancellation reaches it the usual way.
+    producer.stop(block=False)
+    assert producer.actor_stopped.wait(RESTART_TIMEOUT), "the producer did not stop"
     assert instance.cancel_job(relay.job.id or 0, reason="stop now") is True
-    if f"producer {SLOW_QUEUE}" in instance.statistics()["restarts"]:
-        pytest.skip("the supervisor restarted the producer before the cancellation arrived")
-    wait_until(
-        lambda: instance.statistics()["restarts"].get(f"producer {SLOW_QUEUE}") == 1,
-        timeout=5.0,
-        message="the supervisor never restarted the producer",
-    )
+    wait_for_restart(instance, f"producer {SLOW_QUEUE}")
 
     assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Error(Reason.CANCELLED)
-    wait_until(
-        marker.exists,
-        timeout=5.0,
-        message="the running job never saw self.cancelled() turn true",
-    )
+    wait_for_cancellation_seen(marker)
 
 
 def test_stop_waits_across_producer_restart(
@@ -175,7 +155,9 @@ def test_stop_waits_across_producer_restart(
         timeout=RESULT_TIMEOUT,
         message="the job never started",
     )
-    stop_producer_and_wait_for_restart(worker, SLOW_QUEUE)
+    # Stopping the actor from outside the instance looks to the supervisor like a crash.
+    only_actor(ProducerActor).stop()
+    wait_for_restart(worker, f"producer {SLOW_QUEUE}")
 
     stopper = threading.Thread(target=worker.stop, name="stop-worker")
     stopper.start()

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pykka
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -16,7 +15,14 @@ from relay_actors import Error, Instance, Ok, Reason, Relay
 from relay_actors.actors.listener import ListenerActor
 from relay_actors.actors.producer import ProducerActor
 from tests.conftest import wait_until
-from tests.workers import SLOW_QUEUE, Sleep, WaitsForCancel
+from tests.restarts import (
+    RESTART_TIMEOUT,
+    only_actor,
+    start_cancellable_job,
+    wait_for_cancellation_seen,
+    wait_for_restart,
+)
+from tests.workers import SLOW_QUEUE, Sleep
 
 RESULT_TIMEOUT = 15.0
 # Heartbeats every 0.2 s and rescue after 1 s, so a node whose heartbeats stop
@@ -75,35 +81,20 @@ def test_cancel_reaches_job_after_listener_restart(
     """
     instance = start_instance(queues={SLOW_QUEUE: 2})
     marker = tmp_path / "cancelled"
-    relay = Relay.async_(instance.name, WaitsForCancel.new({"seconds": 15, "marker": str(marker)}))
-    wait_until(
-        lambda: read_job(db, prefix, relay.job.id)["state"] == "executing",
-        timeout=RESULT_TIMEOUT,
-        message="the job never started",
-    )
-    listeners = pykka.ActorRegistry.get_by_class(ListenerActor)
-    assert len(listeners) == 1, f"expected one listener in this process, found {listeners}"
+    relay = start_cancellable_job(instance, db, prefix, marker)
 
     # The supervisor restarts a stopped listener within about a second.
-    listeners[0].stop()
+    only_actor(ListenerActor).stop()
     assert instance.cancel_job(relay.job.id or 0, reason="stop now") is True
-    wait_until(
-        lambda: instance.statistics()["restarts"].get("listener") == 1,
-        timeout=5.0,
-        message="the supervisor never restarted the listener",
-    )
+    wait_for_restart(instance, "listener")
     wait_until(
         lambda: instance.statistics()["listener"]["connected"],
-        timeout=5.0,
+        timeout=RESTART_TIMEOUT,
         message="the restarted listener never connected",
     )
 
     assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Error(Reason.CANCELLED)
-    wait_until(
-        marker.exists,
-        timeout=5.0,
-        message="the running job never saw self.cancelled() turn true",
-    )
+    wait_for_cancellation_seen(marker)
 
 
 def test_cancel_reaches_job_after_producer_restart(
@@ -115,27 +106,12 @@ def test_cancel_reaches_job_after_producer_restart(
     """A job that outlives a restart of its queue's producer can still be cancelled."""
     instance = start_instance(queues={SLOW_QUEUE: 2})
     marker = tmp_path / "cancelled"
-    relay = Relay.async_(instance.name, WaitsForCancel.new({"seconds": 15, "marker": str(marker)}))
-    wait_until(
-        lambda: read_job(db, prefix, relay.job.id)["state"] == "executing",
-        timeout=RESULT_TIMEOUT,
-        message="the job never started",
-    )
-    producers = pykka.ActorRegistry.get_by_class(ProducerActor)
-    assert len(producers) == 1, f"expected one producer in this process, found {producers}"
+    relay = start_cancellable_job(instance, db, prefix, marker)
 
     # Stopping the actor from outside the instance looks to the supervisor like a crash.
-    producers[0].stop()
-    wait_until(
-        lambda: instance.statistics()["restarts"].get(f"producer {SLOW_QUEUE}") == 1,
-        timeout=5.0,
-        message="the supervisor never restarted the producer",
-    )
+    only_actor(ProducerActor).stop()
+    wait_for_restart(instance, f"producer {SLOW_QUEUE}")
     assert instance.cancel_job(relay.job.id or 0, reason="stop now") is True
 
     assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Error(Reason.CANCELLED)
-    wait_until(
-        marker.exists,
-        timeout=5.0,
-        message="the running job never saw self.cancelled() turn true",
-    )
+    wait_for_cancellation_seen(marker)

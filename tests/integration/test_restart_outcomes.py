@@ -8,24 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pykka
 from psycopg import sql
 
 from relay_actors import Instance, Ok, Relay
 from relay_actors.actors.acker import AckerActor
 from relay_actors.actors.producer import ProducerActor
 from tests.conftest import job_state, wait_until
+from tests.restarts import only_actor, wait_for_restart
 from tests.workers import SLOW_QUEUE, WaitsForFile
 
 RESULT_TIMEOUT = 10.0
 # Seconds a WaitsForFile job waits for its file before it gives up.
 JOB_SECONDS = 60
-
-
-def only_actor(kind: type[pykka.Actor]) -> pykka.ActorRef[Any]:
-    refs = pykka.ActorRegistry.get_by_class(kind)
-    assert len(refs) == 1, f"expected one {kind.__name__} in this process, found {refs}"
-    return refs[0]
 
 
 @contextmanager
@@ -68,14 +62,6 @@ def start_waiting_job(
         message="the job never started",
     )
     return relay
-
-
-def wait_for_restart(instance: Instance, role: str) -> None:
-    wait_until(
-        lambda: instance.statistics()["restarts"].get(role) == 1,
-        timeout=RESULT_TIMEOUT,
-        message=f"the supervisor never restarted the {role}",
-    )
 
 
 def test_producer_restart_keeps_queued_outcome(

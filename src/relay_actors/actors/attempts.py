@@ -13,7 +13,7 @@ class RunningAttempts:
 
     The instance keeps one per queue for as long as it runs, so it outlives a
     producer that the supervisor restarts. Executors of the old producer go on
-    running their attempts: a cancellation must still reach them, and a stop
+    running their attempts, so a cancellation must still reach them, and a stop
     must still wait for them. Producers add an attempt when they start it, and
     the executor removes it once it has handed on the attempt's outcome.
     """

@@ -106,7 +106,9 @@ class ProducerActor(pykka.ThreadingActor):
         self._claim_conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._executors: list[pykka.ActorRef[Any]] = []
         self._idle: deque[pykka.ActorRef[Any]] = deque()
-        self._running: dict[str, tuple[Job, threading.Event]] = {}
+        # Executors running an attempt, by actor URN. The attempts themselves,
+        # with their cancellation flags, are in `_attempts`.
+        self._running: set[str] = set()
         self._started_at: dict[str, float] = {}
         self._ready: deque[Job] = deque()
         self._mean_duration: float | None = None
@@ -202,7 +204,7 @@ class ProducerActor(pykka.ThreadingActor):
         }
 
     def _on_idle(self, executor: pykka.ActorRef[Any], outcome: AttemptOutcome) -> None:
-        self._running.pop(executor.actor_urn, None)
+        self._running.discard(executor.actor_urn)
         self._outcomes.append(outcome)
         started = self._started_at.pop(executor.actor_urn, None)
         if started is not None:
@@ -233,8 +235,8 @@ class ProducerActor(pykka.ThreadingActor):
             cancelled = {row[0] for row in rows.fetchall()}
         except psycopg.Error as error:
             logger.warning(
-                "checking %d jobs of queue %s for cancellations failed; a job cancelled while "
-                "the listener was disconnected runs on: %s",
+                "checking %d jobs of queue %s for cancellations failed, so a job cancelled "
+                "without a notification to this producer runs on: %s",
                 len(ids),
                 self._queue,
                 error,
@@ -244,7 +246,8 @@ class ProducerActor(pykka.ThreadingActor):
             return
         if cancelled:
             logger.info(
-                "jobs %s of queue %s were cancelled while the listener was disconnected",
+                "jobs %s of queue %s were cancelled without a notification to this producer; "
+                "their cancellation flags are set now",
                 sorted(cancelled),
                 self._queue,
                 extra={"action": "cancel_missed", "queue": self._queue},
@@ -278,7 +281,7 @@ class ProducerActor(pykka.ThreadingActor):
             job = self._ready.popleft()
             executor = self._idle.popleft()
             cancellation = threading.Event()
-            self._running[executor.actor_urn] = (job, cancellation)
+            self._running.add(executor.actor_urn)
             self._attempts.add(job, cancellation)
             self._started_at[executor.actor_urn] = time.monotonic()
             executor.tell(Execute(job, cancellation))
