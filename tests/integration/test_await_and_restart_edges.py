@@ -89,7 +89,8 @@ def test_row_result_await_ends_by_timeout(
             lambda: (
                 db.execute(
                     "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE application_name LIKE 'relay_actors caller%%' AND wait_event_type = 'Lock'"
+                    "WHERE application_name LIKE 'relay_actors caller%%' "
+                    "AND wait_event_type = 'Lock'"
                 ).fetchone()
                 == (1,)
             ),
