@@ -226,6 +226,7 @@ class Instance:
                 executors=size,
                 acker=acker,
                 poll_interval=self.options.poll_interval,
+                audit_interval=self.options.rescue_after,
                 relaxed_claims=self.options.relaxed_claims,
                 secret=self.options.secret,
                 attempts=attempts,

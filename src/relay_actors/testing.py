@@ -24,7 +24,7 @@ import pykka
 
 from relay_actors.actors.executor import run_attempt
 from relay_actors.actors.messages import Record, Sync
-from relay_actors.actors.producer import job_from_row
+from relay_actors.actors.queue_rows import job_from_row
 from relay_actors.errors import ConfigurationError, RelayError
 from relay_actors.instances import DEFAULT_NAME, get_instance
 

@@ -13,6 +13,7 @@ import pykka
 from pykka import ThreadingFuture
 
 from relay_actors.actors.attempts import RunningAttempts
+from relay_actors.actors.audit import ClaimAudit
 from relay_actors.actors.executor import ExecutorActor
 from relay_actors.actors.inbox import take_queued
 from relay_actors.actors.messages import (
@@ -27,12 +28,9 @@ from relay_actors.actors.messages import (
     Tick,
     Wake,
 )
-from relay_actors.actors.recording import OutcomeWriter
+from relay_actors.actors.queue_rows import QueueRows, job_from_row
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.job import Job
-from relay_actors.names import insert_channel
-from relay_actors.store.connect import connect, is_pooled
-from relay_actors.store.statements import statements_for
 
 logger = logging.getLogger("relay_actors.producer")
 
@@ -44,6 +42,8 @@ EXECUTOR_STOP_SECONDS = 1.0
 PREFETCH_MAX_SECONDS = 0.02
 # Weight of the newest attempt in the running mean of attempt durations.
 DURATION_WEIGHT = 0.2
+# Most unaccounted jobs that one audit reads.
+AUDIT_LIMIT = 1000
 
 
 class ProducerActor(pykka.ThreadingActor):
@@ -68,6 +68,12 @@ class ProducerActor(pykka.ThreadingActor):
     returned to the queue, with their attempt not counted, when the producer
     drains or stops. If the node dies, another node's lifeline rescues them
     as lost attempts, which count.
+
+    Every `audit_interval` seconds, the producer reads which of its queue's
+    executing jobs on this node it does not account for: jobs whose claim
+    committed but whose reply was lost, or that it failed to return. It
+    adopts those that two readings in a row find, and runs them (see
+    `ClaimAudit`).
     """
 
     use_daemon_thread = True
@@ -82,6 +88,7 @@ class ProducerActor(pykka.ThreadingActor):
         node_id: str,
         acker: ActorSlot,
         poll_interval: float,
+        audit_interval: float = 60.0,
         relaxed_claims: bool = False,
         secret: bytes | None = None,
         attempts: RunningAttempts | None = None,
@@ -90,20 +97,22 @@ class ProducerActor(pykka.ThreadingActor):
         # Shared with earlier producers of this queue, whose executors may
         # still run attempts that a cancellation must reach.
         self._attempts = RunningAttempts() if attempts is None else attempts
-        self._relaxed_claims = relaxed_claims
-        self._dsn = dsn
         self._prefix = prefix
         self._queue = queue
         self._size = executors
         self._node_id = node_id
         self._acker = acker
         self._poll_interval = poll_interval
-        self._statements = statements_for(prefix)
-        self._writer = OutcomeWriter(self._statements, insert_channel(prefix), secret)
+        self._audit = ClaimAudit(audit_interval)
+        self._rows = QueueRows(
+            dsn=dsn,
+            prefix=prefix,
+            queue=queue,
+            node_id=node_id,
+            relaxed_claims=relaxed_claims,
+            secret=secret,
+        )
         self._outcomes: list[AttemptOutcome] = []
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
-        # With relaxed claims on a direct connection: the claims' own connection.
-        self._claim_conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._executors: list[pykka.ActorRef[Any]] = []
         self._idle: deque[pykka.ActorRef[Any]] = deque()
         # Executors running an attempt, by actor URN. The attempts themselves,
@@ -119,6 +128,7 @@ class ProducerActor(pykka.ThreadingActor):
         self._drained: list[ThreadingFuture[None]] = []
         self.claimed = 0
         self.recorded = 0
+        self.adopted = 0
 
     def on_start(self) -> None:
         for _ in range(self._size):
@@ -146,7 +156,7 @@ class ProducerActor(pykka.ThreadingActor):
         self._return_ready()
         self._take_queued_outcomes()
         self._hand_to_acker()
-        self._close()
+        self._rows.close()
 
     def on_failure(self, *exc_info: Any) -> None:
         for executor in self._executors:
@@ -154,7 +164,7 @@ class ProducerActor(pykka.ThreadingActor):
         self._return_ready()
         self._take_queued_outcomes()
         self._hand_to_acker()
-        self._close()
+        self._rows.close()
 
     def _take_queued_outcomes(self) -> None:
         """Keep the outcomes that executors sent after this producer's last message."""
@@ -166,9 +176,12 @@ class ProducerActor(pykka.ThreadingActor):
             self._want_claim = True
             self._queue_claim()
         elif isinstance(message, Tick):
-            if time.monotonic() >= self._next_poll:
+            now = time.monotonic()
+            if now >= self._next_poll:
                 self._want_claim = True
                 self._queue_claim()
+            if self._audit.due(now) and not self._draining:
+                self._adopt_unaccounted(now)
         elif isinstance(message, Claim):
             self._claim_queued = False
             self._claim()
@@ -201,6 +214,7 @@ class ProducerActor(pykka.ThreadingActor):
             "prefetched": len(self._ready),
             "claimed": self.claimed,
             "recorded": self.recorded,
+            "adopted": self.adopted,
         }
 
     def _on_idle(self, executor: pykka.ActorRef[Any], outcome: AttemptOutcome) -> None:
@@ -231,8 +245,7 @@ class ProducerActor(pykka.ThreadingActor):
         if not ids:
             return
         try:
-            rows = self._connection().execute(self._statements.cancelled_among, {"ids": ids})
-            cancelled = {row[0] for row in rows.fetchall()}
+            cancelled = self._rows.cancelled_among(ids)
         except psycopg.Error as error:
             logger.warning(
                 "checking %d jobs of queue %s for cancellations failed, so a job cancelled "
@@ -242,7 +255,7 @@ class ProducerActor(pykka.ThreadingActor):
                 error,
                 extra={"action": "cancel_check_failed", "queue": self._queue},
             )
-            self._close()
+            self._rows.close()
             return
         if cancelled:
             logger.info(
@@ -253,6 +266,37 @@ class ProducerActor(pykka.ThreadingActor):
                 extra={"action": "cancel_missed", "queue": self._queue},
             )
             self._cancel(cancelled)
+
+    def _adopt_unaccounted(self, now: float) -> None:
+        """Read this node's executing jobs of the queue that no attempt accounts for; adopt some."""
+        known = self._attempts.job_ids()
+        known += [job.id for job in self._ready if job.id is not None]
+        known += [outcome.job_id for outcome in self._outcomes]
+        try:
+            rows = self._rows.unaccounted(known, AUDIT_LIMIT)
+        except psycopg.Error as error:
+            logger.warning(
+                "reading the unaccounted jobs of queue %s failed, retrying in one audit period: %s",
+                self._queue,
+                error,
+                extra={"action": "audit_failed", "queue": self._queue},
+            )
+            self._rows.close()
+            return
+        adopted = self._audit.confirm(rows, now)
+        if not adopted:
+            return
+        jobs = [job_from_row(row) for row in adopted]
+        logger.warning(
+            "jobs %s of queue %s were claimed by this node but no executor ran them: a claim's "
+            "reply was lost or returning prefetched jobs failed; they run now",
+            [job.id for job in jobs],
+            self._queue,
+            extra={"action": "jobs_adopted", "queue": self._queue},
+        )
+        self.adopted += len(jobs)
+        self._ready.extend(jobs)
+        self._dispatch()
 
     def _prefetch_limit(self) -> int:
         """Return how many claimed jobs may wait for an executor."""
@@ -290,30 +334,21 @@ class ProducerActor(pykka.ThreadingActor):
         """Give prefetched jobs back to the queue, as if they had never been claimed."""
         if not self._ready:
             return
-        ids = [job.id for job in self._ready]
-        attempts = [job.attempt for job in self._ready]
+        jobs = list(self._ready)
         self._ready.clear()
         try:
-            conn = self._connection()
-            conn.execute(
-                self._statements.unclaim,
-                {
-                    "ids": ids,
-                    "attempts": attempts,
-                    "node": self._node_id,
-                    "channel": insert_channel(self._prefix),
-                },
-            )
+            self._rows.unclaim(jobs)
         except psycopg.Error as error:
             logger.warning(
-                "returning %d prefetched jobs of queue %s failed; they are rescued as lost "
-                "attempts once this node stops heartbeating: %s",
-                len(ids),
+                "returning %d prefetched jobs of queue %s failed; a later producer of this "
+                "node adopts them, or another node rescues them as lost attempts if this "
+                "node stops: %s",
+                len(jobs),
                 self._queue,
                 error,
                 extra={"action": "unclaim_failed", "queue": self._queue},
             )
-            self._close()
+            self._rows.close()
 
     def _settle_drain(self) -> None:
         if self._draining and not self._running and not self._outcomes:
@@ -330,7 +365,7 @@ class ProducerActor(pykka.ThreadingActor):
         outcomes, self._outcomes = self._outcomes, []
         self._next_poll = time.monotonic() + self._poll_interval
         try:
-            rows = self._write_and_claim(outcomes, limit)
+            rows = self._rows.write_and_claim(outcomes, limit)
         except Exception as error:  # noqa: BLE001 - the acker retries or isolates the outcomes
             logger.warning(
                 "claim on queue %s failed, retrying on the next poll: %s",
@@ -338,7 +373,7 @@ class ProducerActor(pykka.ThreadingActor):
                 error,
                 extra={"action": "claim_failed", "queue": self._queue},
             )
-            self._close()
+            self._rows.close()
             self._outcomes = outcomes + self._outcomes
             self._hand_to_acker()
             self._settle_drain()
@@ -352,18 +387,6 @@ class ProducerActor(pykka.ThreadingActor):
             self._dispatch()
         self._settle_drain()
 
-    def _write_and_claim(self, outcomes: list[AttemptOutcome], limit: int) -> list[tuple[Any, ...]]:
-        """Record `outcomes` and claim up to `limit` jobs, in one statement when there are both."""
-        if not outcomes:
-            return self._fetch(limit)
-        conn = self._connection()
-        if limit == 0:
-            self._writer.write(conn, outcomes)
-            return []
-        return self._writer.write_and_claim(
-            conn, outcomes, node=self._node_id, queue=self._queue, limit=limit
-        )
-
     def _hand_to_acker(self) -> None:
         """Send the outcomes not yet recorded to the acker, which records and retries them."""
         outcomes, self._outcomes = self._outcomes, []
@@ -375,71 +398,3 @@ class ProducerActor(pykka.ThreadingActor):
                     outcome.job_id,
                     extra={"action": "record_lost", "job_id": outcome.job_id},
                 )
-
-    def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self._dsn, f"producer {self._queue}", self._node_id)
-        return self._conn
-
-    def _claim_connection(self) -> psycopg.Connection[tuple[Any, ...]]:
-        """Return the connection for relaxed claims, whose commits skip the WAL flush."""
-        if self._claim_conn is None or self._claim_conn.closed:
-            self._claim_conn = connect(
-                self._dsn, f"producer {self._queue} claims", self._node_id
-            )
-            self._claim_conn.execute("SET synchronous_commit = off")
-        return self._claim_conn
-
-    def _fetch(self, limit: int) -> list[tuple[Any, ...]]:
-        params = {"node": self._node_id, "queue": self._queue, "limit": limit}
-        if not self._relaxed_claims:
-            return self._connection().execute(self._statements.claim, params).fetchall()
-        if not is_pooled(self._dsn):
-            return self._claim_connection().execute(self._statements.claim, params).fetchall()
-        # PgBouncer shares server sessions, so the setting may only last for
-        # this transaction. That costs three more round trips a claim.
-        conn = self._connection()
-        with conn.transaction():
-            conn.execute("SET LOCAL synchronous_commit = off")
-            return conn.execute(self._statements.claim, params).fetchall()
-
-    def _close(self) -> None:
-        for conn in (self._conn, self._claim_conn):
-            if conn is not None:
-                conn.close()
-        self._conn = None
-        self._claim_conn = None
-
-
-def job_from_row(row: tuple[Any, ...]) -> Job:
-    (
-        job_id,
-        queue,
-        worker,
-        args,
-        meta,
-        tags,
-        attempt,
-        max_attempts,
-        priority,
-        inserted_at,
-        scheduled_at,
-        attempted_at,
-        attempted_by,
-    ) = row
-    return Job(
-        worker=worker,
-        args=args,
-        queue=queue,
-        priority=priority,
-        max_attempts=max_attempts,
-        meta=meta,
-        tags=tuple(tags),
-        scheduled_at=scheduled_at,
-        id=job_id,
-        state="executing",
-        attempt=attempt,
-        inserted_at=inserted_at,
-        attempted_at=attempted_at,
-        attempted_by=attempted_by,
-    )

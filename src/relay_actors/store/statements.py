@@ -50,6 +50,19 @@ RETURNING j.id, j.queue, j.worker, j.args, j.meta, j.tags, j.attempt, j.max_atte
           j.priority, j.inserted_at, j.scheduled_at, j.attempted_at, j.attempted_by
 """
 
+# Jobs of a queue that a node claimed and still executes, other than those its
+# producer accounts for: the rows of a claim whose reply was lost, or of
+# prefetched jobs that could not be returned. Same columns as _CLAIM.
+_UNACCOUNTED = """
+SELECT j.id, j.queue, j.worker, j.args, j.meta, j.tags, j.attempt, j.max_attempts,
+       j.priority, j.inserted_at, j.scheduled_at, j.attempted_at, j.attempted_by
+FROM {jobs} AS j
+WHERE j.state = 'executing' AND j.attempted_by = %(node)s AND j.queue = %(queue)s
+  AND j.id <> ALL(%(known)s::bigint[])
+ORDER BY j.id
+LIMIT %(limit)s
+"""
+
 # Returns jobs that a node claimed but never started to the queue: their
 # attempt is not counted. Only the claimed attempt matches, so a job rescued
 # and claimed again meanwhile keeps running. It wakes the queue's nodes so
@@ -244,6 +257,7 @@ class Statements:
         self.insert = render(_INSERT)
         self.claim = render(_CLAIM)
         self.unclaim = render(_UNCLAIM)
+        self.unaccounted = render(_UNACCOUNTED)
         self.record = render(_RECORD)
         self.record_and_claim = render(_RECORD_AND_CLAIM)
         self.notify_many = render(_NOTIFY_MANY)
