@@ -15,7 +15,7 @@ import pykka
 from psycopg.types.json import Jsonb
 
 from relay_actors.actors.acker import AckerActor
-from relay_actors.actors.attempts import RunningAttempts
+from relay_actors.actors.attempts import RunningAttempts, UnrecordedOutcomes
 from relay_actors.actors.directory import MailboxDirectory
 from relay_actors.actors.lifeline import LOST_TYPE, LifelineActor
 from relay_actors.actors.listener import ListenerActor
@@ -101,6 +101,7 @@ class Instance:
         self._supervisor = Supervisor(self.node_id)
         self._producers: dict[str, pykka.ActorRef[Any]] = {}
         self._attempts: dict[str, RunningAttempts] = {}
+        self.unrecorded = UnrecordedOutcomes()
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
         # Ends the ticker, which keeps the lifeline heartbeating while stop()
@@ -135,7 +136,10 @@ class Instance:
         acker = start(
             "acker",
             lambda: AckerActor.start(
-                insert_channel=self.insert_channel, secret=options.secret, **common
+                insert_channel=self.insert_channel,
+                secret=options.secret,
+                unrecorded=self.unrecorded,
+                **common,
             ),
         )
         for queue, size in self.queues.items():
@@ -230,6 +234,7 @@ class Instance:
                 relaxed_claims=self.options.relaxed_claims,
                 secret=self.options.secret,
                 attempts=attempts,
+                unrecorded=self.unrecorded,
                 **common,
             )
 

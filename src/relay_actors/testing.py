@@ -64,11 +64,22 @@ def drain_queue(queue: str, *, instance: str = DEFAULT_NAME) -> dict[str, int]:
             ).fetchall()
         if not rows:
             break
-        for row in rows:
-            outcome = run_attempt(job_from_row(row), threading.Event(), node.prefix, node.node_id)
-            counts[outcome.state] += 1
-            if not acker.tell(Record(outcome)):
-                raise RelayError(f"instance {instance!r} has no acker: it is stopping")
+        jobs = [job_from_row(row) for row in rows]
+        # Listed as unwritten outcomes, so the node's producer does not adopt
+        # them as jobs that no executor runs. The acker discards each one it writes.
+        claimed = [(job.id, job.attempt) for job in jobs if job.id is not None]
+        for job_id, attempt in claimed:
+            node.unrecorded.add(job_id, attempt)
+        try:
+            for job in jobs:
+                outcome = run_attempt(job, threading.Event(), node.prefix, node.node_id)
+                counts[outcome.state] += 1
+                if not acker.tell(Record(outcome)):
+                    raise RelayError(f"instance {instance!r} has no acker: it is stopping")
+                claimed.remove((outcome.job_id, outcome.attempt))
+        finally:
+            # Jobs left unrun by an error: the producer's audit adopts them.
+            node.unrecorded.discard(claimed)
         _wait_for_acker(node.acker.ref, instance)
     return dict(counts)
 

@@ -10,13 +10,19 @@ and adopts those it finds twice, one audit period apart.
 from __future__ import annotations
 
 import secrets
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from relay_actors import Instance, Ok, Relay
+from relay_actors import Instance, Job, Ok, Relay, Worker, testing
+from relay_actors.store import connect
+from tests.conftest import wait_until
 from tests.faultproxy import LosingProxy, losing_proxy
 from tests.integration.test_missed_signals import read_job
 from tests.workers import QUICK_QUEUE, SLOW_QUEUE, Echo, Sleep
@@ -25,6 +31,34 @@ RESULT_TIMEOUT = 20.0
 # Audits run every rescue_after seconds, so an unaccounted job is adopted
 # within 2 to 3 s.
 FAST_AUDIT = {"heartbeat_interval": 0.2, "rescue_after": 1.0, "poll_interval": 0.2}
+
+
+# Attempts of the workers below, by job id.
+RUNS: Counter[int] = Counter()
+# Long enough for several audits of FAST_AUDIT.
+HOLD_SECONDS = 4.0
+
+
+class CountsRuns(Worker[str], queue=QUICK_QUEUE, max_attempts=1):
+    """Count the attempt, sleep `args["seconds"]`, and return "done"."""
+
+    def perform(self, job: Job) -> str:
+        assert job.id is not None
+        RUNS[job.id] += 1
+        time.sleep(float(job.args.get("seconds", 0)))
+        return "done"
+
+
+# Events that jobs of WaitsForGate wait for, by the name in their args.
+GATES: dict[str, threading.Event] = {}
+
+
+class WaitsForGate(Worker[str], queue=QUICK_QUEUE, max_attempts=1):
+    """Wait until the test sets the event of GATES named by `args["gate"]`."""
+
+    def perform(self, job: Job) -> str:
+        GATES[job.args["gate"]].wait(RESULT_TIMEOUT)
+        return "opened"
 
 
 # Requested before start_instance, so that instances stop before the proxy closes.
@@ -70,3 +104,63 @@ def test_long_attempt_never_adopted(
     assert (row["state"], row["attempt"]) == ("completed", 1)
     assert worker.statistics()[f"producer {SLOW_QUEUE}"]["adopted"] == 0
 
+
+
+def test_outcome_held_by_acker_not_adopted(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    prefix: str,
+    database_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outcome whose row another session locks waits with the acker, and its job runs once.
+
+    The producer's write times out and the acker retries it. Meanwhile the
+    audit finds the job executing with no running attempt, and must leave it alone.
+    """
+    monkeypatch.setattr(connect, "STATEMENT_TIMEOUT_MS", 500)
+    caller = start_instance(queues={})
+    worker = start_instance(queues={QUICK_QUEUE: 2}, **FAST_AUDIT)
+    relay = Relay.async_(caller.name, CountsRuns.new({"seconds": 1.0}))
+    assert relay.job.id is not None
+    wait_until(lambda: RUNS[relay.job.id] == 1, timeout=RESULT_TIMEOUT, message="job never ran")
+
+    with psycopg.connect(database_dsn) as locker:
+        locker.execute(
+            sql.SQL("SELECT 1 FROM {} WHERE id = %s FOR SHARE").format(
+                sql.Identifier(prefix, "jobs")
+            ),
+            (relay.job.id,),
+        )
+        time.sleep(HOLD_SECONDS)
+        locker.rollback()
+
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("done")
+    assert RUNS[relay.job.id] == 1
+    assert read_job(db, prefix, relay.job.id)["attempt"] == 1
+    assert worker.statistics()[f"producer {QUICK_QUEUE}"]["adopted"] == 0
+
+
+def test_drained_jobs_not_adopted(start_instance: Callable[..., Instance]) -> None:
+    """Jobs that drain_queue claimed wait on the caller's thread, and each runs once.
+
+    The node runs the same queue, with its one executor kept busy, so its
+    audits see the drained jobs executing with no running attempt.
+    """
+    node = start_instance(queues={QUICK_QUEUE: 1}, **FAST_AUDIT)
+    gate = secrets.token_hex(4)
+    GATES[gate] = threading.Event()
+    blocker = Relay.async_(node.name, WaitsForGate.new({"gate": gate}))
+    wait_until(
+        lambda: node.statistics()[f"producer {QUICK_QUEUE}"]["busy"] == 1,
+        timeout=RESULT_TIMEOUT,
+        message="the blocking job never started",
+    )
+    relays = [Relay.async_(node.name, CountsRuns.new({"seconds": 1.0})) for _ in range(4)]
+    try:
+        assert testing.drain_queue(QUICK_QUEUE, instance=node.name) == {"completed": 4}
+    finally:
+        GATES[gate].set()
+    assert Relay.await_(blocker, timeout=RESULT_TIMEOUT) == Ok("opened")
+    assert [RUNS[relay.job.id or 0] for relay in relays] == [1, 1, 1, 1]
+    assert node.statistics()[f"producer {QUICK_QUEUE}"]["adopted"] == 0

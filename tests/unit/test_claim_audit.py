@@ -47,3 +47,12 @@ def test_audit_due_once_per_interval() -> None:
     audit.confirm([], now=100.0)
     assert not audit.due(159.9)
     assert audit.due(160.0)
+
+
+def test_audit_failed_reading_starts_over() -> None:
+    """A reading after a failed one is compared with nothing, and comes one period later."""
+    audit = ClaimAudit(60.0)
+    audit.confirm([claimed_row(1, 1)], now=100.0)
+    audit.fail(now=160.0)
+    assert not audit.due(219.9)
+    assert audit.confirm([claimed_row(1, 1)], now=220.0) == []

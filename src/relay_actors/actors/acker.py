@@ -9,6 +9,7 @@ import psycopg
 import pykka
 from pykka import ThreadingFuture
 
+from relay_actors.actors.attempts import UnrecordedOutcomes
 from relay_actors.actors.inbox import take_queued
 from relay_actors.actors.messages import AttemptOutcome, Flush, Record, Sync, Tick
 from relay_actors.actors.outcomes import failed_attempt
@@ -43,8 +44,10 @@ class AckerActor(pykka.ThreadingActor):
         node_id: str,
         insert_channel: str,
         secret: bytes | None = None,
+        unrecorded: UnrecordedOutcomes | None = None,
     ) -> None:
         super().__init__()
+        self._unrecorded = UnrecordedOutcomes() if unrecorded is None else unrecorded
         self._dsn = dsn
         self._node_id = node_id
         self._writer = OutcomeWriter(statements_for(prefix), insert_channel, secret)
@@ -155,6 +158,7 @@ class AckerActor(pykka.ThreadingActor):
                     self._close()
                     return
             del self._batch[: len(batch)]
+            self._unrecorded.discard([(outcome.job_id, outcome.attempt) for outcome in batch])
             self.recorded += len(batch)
         for future in self._syncs:
             future.set(None)

@@ -1,4 +1,4 @@
-"""`RunningAttempts`: the attempts that one queue's executors run, with their cancellation flags."""
+"""The attempts of a node that run, or whose outcome is not written yet."""
 
 from __future__ import annotations
 
@@ -68,3 +68,36 @@ class RunningAttempts:
     def __len__(self) -> int:
         with self._changed:
             return len(self._running)
+
+
+class UnrecordedOutcomes:
+    """The attempts of one node whose outcome exists but is not written to its row yet.
+
+    An executor adds its attempt's outcome before it hands it on. The producer
+    or the acker discards outcomes once their statement has run, and the acker
+    also once it gives up on one. `testing.drain_queue` adds the jobs it claimed
+    until their outcomes are written. A producer's audit leaves the jobs listed
+    here alone, however long their write takes: running such a job again would
+    not get its outcome written sooner.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._attempts: set[tuple[int, int]] = set()
+
+    def add(self, job_id: int, attempt: int) -> None:
+        with self._lock:
+            self._attempts.add((job_id, attempt))
+
+    def discard(self, attempts: list[tuple[int, int]]) -> None:
+        with self._lock:
+            self._attempts.difference_update(attempts)
+
+    def job_ids(self) -> list[int]:
+        """Return the ids of the jobs with an unwritten outcome."""
+        with self._lock:
+            return [job_id for job_id, _ in self._attempts]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._attempts)

@@ -7,11 +7,12 @@ heartbeating, so no lifeline rescues them, and their callers wait until they
 time out. A producer therefore reads, every audit period, which of its queue's
 executing jobs on this node it does not account for.
 
-One reading is not proof. An outcome that an executor has just handed on, or
-that the acker is still writing, leaves its job executing and unaccounted for
-a moment. So a job is adopted only if two readings one period apart both find
-the same attempt of it unaccounted. Outcomes are written within seconds, even
-after a database outage, and the period is `rescue_after` (60 s by default).
+The producer counts as accounted for its running attempts, its prefetched jobs
+and every outcome of this node that is not written yet (`UnrecordedOutcomes`).
+One reading is still not proof: the claim of a job and its row can change
+between the moment the producer lists what it accounts for and the reading.
+So a job is adopted only if two readings one period apart both find the same
+attempt of it unaccounted. The period is `rescue_after` (60 s by default).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class ClaimAudit:
 
     def due(self, now: float) -> bool:
         return now >= self._next
+
+    def fail(self, now: float) -> None:
+        """Note a reading that failed: the next is one period away and starts afresh."""
+        self._next = now + self._interval
+        self._suspects = set()
 
     def confirm(self, rows: Sequence[Row], now: float) -> list[Row]:
         """Take one reading of unaccounted rows; return those found in the previous one too.

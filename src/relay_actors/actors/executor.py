@@ -9,7 +9,7 @@ from typing import Any
 
 import pykka
 
-from relay_actors.actors.attempts import RunningAttempts
+from relay_actors.actors.attempts import RunningAttempts, UnrecordedOutcomes
 from relay_actors.actors.messages import AttemptOutcome, Execute, ExecutorIdle, Record
 from relay_actors.actors.outcomes import failed_attempt, from_exception, from_return
 from relay_actors.actors.slot import ActorSlot
@@ -40,10 +40,12 @@ class ExecutorActor(pykka.ThreadingActor):
         prefix: str,
         node_id: str,
         attempts: RunningAttempts,
+        unrecorded: UnrecordedOutcomes,
     ) -> None:
         super().__init__()
         self._producer = producer
         self._attempts = attempts
+        self._unrecorded = unrecorded
         self._acker = acker
         self._prefix = prefix
         self._node_id = node_id
@@ -57,6 +59,7 @@ class ExecutorActor(pykka.ThreadingActor):
             )
             return None
         outcome = run_attempt(message.job, message.cancellation, self._prefix, self._node_id)
+        self._unrecorded.add(outcome.job_id, outcome.attempt)
         try:
             self._hand_on(outcome)
         finally:

@@ -12,7 +12,7 @@ import psycopg
 import pykka
 from pykka import ThreadingFuture
 
-from relay_actors.actors.attempts import RunningAttempts
+from relay_actors.actors.attempts import RunningAttempts, UnrecordedOutcomes
 from relay_actors.actors.audit import ClaimAudit
 from relay_actors.actors.executor import ExecutorActor
 from relay_actors.actors.inbox import take_queued
@@ -92,11 +92,14 @@ class ProducerActor(pykka.ThreadingActor):
         relaxed_claims: bool = False,
         secret: bytes | None = None,
         attempts: RunningAttempts | None = None,
+        unrecorded: UnrecordedOutcomes | None = None,
     ) -> None:
         super().__init__()
         # Shared with earlier producers of this queue, whose executors may
         # still run attempts that a cancellation must reach.
         self._attempts = RunningAttempts() if attempts is None else attempts
+        # Shared with the acker, which discards the outcomes it writes.
+        self._unrecorded = UnrecordedOutcomes() if unrecorded is None else unrecorded
         self._prefix = prefix
         self._queue = queue
         self._size = executors
@@ -133,7 +136,12 @@ class ProducerActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         for _ in range(self._size):
             executor = ExecutorActor.start(
-                self.actor_ref, self._acker, self._prefix, self._node_id, self._attempts
+                self.actor_ref,
+                self._acker,
+                self._prefix,
+                self._node_id,
+                self._attempts,
+                self._unrecorded,
             )
             self._executors.append(executor)
             self._idle.append(executor)
@@ -269,12 +277,12 @@ class ProducerActor(pykka.ThreadingActor):
 
     def _adopt_unaccounted(self, now: float) -> None:
         """Read this node's executing jobs of the queue that no attempt accounts for; adopt some."""
-        known = self._attempts.job_ids()
+        known = self._attempts.job_ids() + self._unrecorded.job_ids()
         known += [job.id for job in self._ready if job.id is not None]
-        known += [outcome.job_id for outcome in self._outcomes]
         try:
             rows = self._rows.unaccounted(known, AUDIT_LIMIT)
         except psycopg.Error as error:
+            self._audit.fail(now)
             logger.warning(
                 "reading the unaccounted jobs of queue %s failed, retrying in one audit period: %s",
                 self._queue,
@@ -378,6 +386,7 @@ class ProducerActor(pykka.ThreadingActor):
             self._hand_to_acker()
             self._settle_drain()
             return
+        self._unrecorded.discard([(outcome.job_id, outcome.attempt) for outcome in outcomes])
         self.recorded += len(outcomes)
         if limit:
             # A full batch suggests more jobs wait; claim again once executors free up.
