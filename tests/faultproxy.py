@@ -24,6 +24,9 @@ from collections.abc import Iterator
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 BUFFER_BYTES = 65536
+# Server bytes kept from the previous read, so that a marker split across two
+# reads is found. Markers must be shorter than this.
+TAIL_BYTES = 256
 SELECT_SECONDS = 0.1
 
 
@@ -87,6 +90,7 @@ class LosingProxy:
             ).start()
 
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        tail = b""
         with selectors.DefaultSelector() as selector:
             selector.register(client, selectors.EVENT_READ, server)
             selector.register(server, selectors.EVENT_READ, client)
@@ -96,8 +100,12 @@ class LosingProxy:
                         source = key.fileobj
                         assert isinstance(source, socket.socket)
                         data = source.recv(BUFFER_BYTES)
-                        if not data or (source is server and self._should_lose(data)):
+                        if not data:
                             return
+                        if source is server:
+                            if self._should_lose(tail + data):
+                                return
+                            tail = (tail + data)[-TAIL_BYTES:]
                         key.data.sendall(data)
             except OSError:
                 return
