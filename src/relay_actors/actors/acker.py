@@ -67,6 +67,7 @@ class AckerActor(pykka.ThreadingActor):
                 len(self._batch),
                 extra={"action": "record_lost"},
             )
+            self._give_up()
         self._close()
 
     def on_failure(self, *exc_info: Any) -> None:
@@ -81,12 +82,19 @@ class AckerActor(pykka.ThreadingActor):
                 )
         if self._batch:
             logger.error(
-                "acker failed with %d outcomes not recorded; those jobs stay executing until "
-                "rescued",
+                "acker failed with %d outcomes not recorded; those jobs run again once a "
+                "producer's audit adopts them, or once another node rescues them if this node "
+                "stops",
                 len(self._batch),
                 extra={"action": "record_lost"},
             )
+            self._give_up()
         self._close()
+
+    def _give_up(self) -> None:
+        """Drop the outcomes left in the batch, so that a producer's audit may adopt their jobs."""
+        self._unrecorded.discard([(outcome.job_id, outcome.attempt) for outcome in self._batch])
+        self._batch.clear()
 
     def _close(self) -> None:
         if self._conn is not None:

@@ -78,8 +78,10 @@ class ExecutorActor(pykka.ThreadingActor):
         # The producer stopped (the node is stopping or it crashed), so the
         # acker records the outcome.
         if not self._acker.tell(Record(outcome)):
+            self._unrecorded.discard([(outcome.job_id, outcome.attempt)])
             logger.error(
-                "outcome of job %s lost: the acker stopped; the job stays executing until rescued",
+                "outcome of job %s lost: the acker stopped; it runs again once a producer's "
+                "audit adopts it, or once another node rescues it if this node stops",
                 outcome.job_id,
                 extra={"action": "record_failed", "job_id": outcome.job_id},
             )

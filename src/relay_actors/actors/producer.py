@@ -401,9 +401,10 @@ class ProducerActor(pykka.ThreadingActor):
         outcomes, self._outcomes = self._outcomes, []
         for outcome in outcomes:
             if not self._acker.tell(Record(outcome)):
+                self._unrecorded.discard([(outcome.job_id, outcome.attempt)])
                 logger.error(
-                    "outcome of job %s lost: the acker stopped; the job stays executing until "
-                    "rescued",
+                    "outcome of job %s lost: the acker stopped; it runs again once a producer's "
+                    "audit adopts it, or once another node rescues it if this node stops",
                     outcome.job_id,
                     extra={"action": "record_lost", "job_id": outcome.job_id},
                 )
