@@ -21,6 +21,7 @@ from relay_actors.names import validate_prefix
 from relay_actors.options import DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_GRACE
 from relay_actors.relay import Relay
 from relay_actors.status import SchemaNotMigrated, read_status, status_to_json, status_to_text
+from relay_actors.store.connect import DSN_VARIABLES
 from relay_actors.store.migrations import LATEST_VERSION, migrate
 
 logger = logging.getLogger("relay_actors.cli")
@@ -226,6 +227,13 @@ def run_worker(args: argparse.Namespace) -> int:
     if not args.queue:
         logger.error(
             "no queue given: pass --queue NAME=EXECUTORS at least once",
+            extra={"action": "invalid_option"},
+        )
+        return 2
+    if not (args.dsn or any(os.environ.get(name) for name in DSN_VARIABLES)):
+        logger.error(
+            "no database given: pass --dsn, or set RELAY_ACTORS_DSN or DATABASE_URL; "
+            "--dsn embedded starts a private PostgreSQL server for the node",
             extra={"action": "invalid_option"},
         )
         return 2

@@ -32,9 +32,11 @@ CHILD_TIMEOUT = 15.0
 RESULT_TIMEOUT = 10.0
 
 
-def run_command(arguments: list[str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
-    """Run `python -m relay_actors` with `arguments` and return the finished process."""
-    environment = dict(os.environ)
+def run_command(
+    arguments: list[str], cwd: Path = REPO_ROOT, unset: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m relay_actors` with `arguments`, without the variables `unset`."""
+    environment = {name: value for name, value in os.environ.items() if name not in unset}
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(REPO_ROOT), *filter(None, [environment.get("PYTHONPATH")])]
     )
@@ -79,6 +81,19 @@ def test_malformed_dsn_is_invalid_option(command: str) -> None:
     finished = run_command(arguments)
 
     assert finished.returncode == 2, finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+@pytest.mark.parametrize("command", ["worker", "migrate", "status"])
+def test_missing_dsn_names_the_option(command: str) -> None:
+    arguments = [command]
+    if command == "worker":
+        arguments += ["--queue", "q=1"]
+
+    finished = run_command(arguments, unset=("RELAY_ACTORS_DSN", "DATABASE_URL"))
+
+    assert finished.returncode == 2, finished.stderr
+    assert "pass --dsn" in finished.stderr
     assert "Traceback" not in finished.stderr
 
 
