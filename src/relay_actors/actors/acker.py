@@ -195,6 +195,9 @@ class AckerActor(pykka.ThreadingActor):
                 )
             try:
                 self._write([fallback])
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                # For example a lock timeout: the batch is retried on the next tick.
+                raise
             except Exception as error:  # noqa: BLE001 - logged, nothing else can be done
                 logger.error(
                     "outcome of job %s attempt %s is lost: %s",

@@ -75,10 +75,11 @@ class UnrecordedOutcomes:
 
     An executor adds its attempt's outcome before it hands it on. The producer
     or the acker discards outcomes once their statement has run, and the acker
-    also once it gives up on one. `testing.drain_queue` adds the jobs it claimed
-    until their outcomes are written. A producer's audit leaves the jobs listed
-    here alone, however long their write takes: running such a job again would
-    not get its outcome written sooner.
+    also once it gives up on one. An executor or producer that finds the acker
+    stopped discards the outcome it could not hand over. `testing.drain_queue`
+    adds the jobs it claimed, and discards those it did not run. A producer's
+    audit leaves the jobs listed here alone, however long their write takes:
+    running such a job again would not get its outcome written sooner.
     """
 
     def __init__(self) -> None:

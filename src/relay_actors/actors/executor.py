@@ -72,9 +72,16 @@ class ExecutorActor(pykka.ThreadingActor):
         """Send the outcome to the producer, or to the acker if the producer stopped."""
         try:
             self._producer.tell(ExecutorIdle(self.actor_ref, outcome))
-            return
         except pykka.ActorDeadError:
             pass
+        else:
+            # pykka marks an actor stopped before its on_stop or on_failure
+            # takes the queued outcomes. If the producer is still alive, it
+            # handles this one. Else the message may have arrived too late
+            # and been dropped, so the acker records it too. A second
+            # record of the same attempt changes nothing.
+            if self._producer.is_alive():
+                return
         # The producer stopped (the node is stopping or it crashed), so the
         # acker records the outcome.
         if not self._acker.tell(Record(outcome)):

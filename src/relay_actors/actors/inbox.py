@@ -21,7 +21,11 @@ def take_queued(actor: pykka.Actor, kind: type[MessageT]) -> list[MessageT]:
     other inbox type returns nothing.
 
     NOTE: a sender that found the actor alive just before it stopped may
-    queue its message after this call; pykka drops that one.
+    queue its message after this call; pykka drops that one. Executors check
+    that their producer is still alive after sending, and send the outcome to
+    the acker too if it is not. A `Record` sent to an acker that stops at that
+    moment can still be lost, and its job then stays executing until the node
+    stops.
     """
     inbox = actor.actor_inbox
     if not isinstance(inbox, queue.Queue):
