@@ -21,6 +21,8 @@ import pytest
 from psycopg import sql
 
 from relay_actors import Instance, Job, Ok, Relay, Worker, testing
+from relay_actors.actors.messages import AttemptOutcome
+from relay_actors.actors.recording import OutcomeWriter
 from relay_actors.store import connect
 from tests.conftest import wait_until
 from tests.faultproxy import LosingProxy, losing_proxy
@@ -179,4 +181,50 @@ def test_drained_jobs_not_adopted(start_instance: Callable[..., Instance]) -> No
         lambda: len(node.unrecorded) == 0,
         timeout=RESULT_TIMEOUT,
         message=lambda: f"{len(node.unrecorded)} outcomes still listed as unwritten",
+    )
+
+
+def test_outcome_given_up_is_adopted(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outcome that the acker gives up on leaves its job to the audit, which runs it again.
+
+    The first four writes of the job's outcome fail with an error that is not
+    a connection problem: the producer's, the acker's batch, the acker's
+    write of that outcome alone, and of the failed attempt that replaces it.
+    """
+    failures = {"left": 4}
+    target: dict[str, int | None] = {"job_id": None}
+
+    def failing(write: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(
+            self: OutcomeWriter, conn: Any, outcomes: list[AttemptOutcome], **claim: Any
+        ) -> Any:
+            if failures["left"] and any(o.job_id == target["job_id"] for o in outcomes):
+                failures["left"] -= 1
+                raise psycopg.errors.DataException("write refused by the test")
+            return write(self, conn, outcomes, **claim)
+
+        return wrapper
+
+    monkeypatch.setattr(OutcomeWriter, "write", failing(OutcomeWriter.write))
+    monkeypatch.setattr(OutcomeWriter, "write_and_claim", failing(OutcomeWriter.write_and_claim))
+    caller = start_instance(queues={})
+    worker = start_instance(queues={QUICK_QUEUE: 2}, **FAST_AUDIT)
+
+    relay = Relay.async_(caller.name, CountsRuns.new({"seconds": 0.5}))
+    target["job_id"] = relay.job.id
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("done")
+    assert failures["left"] == 0
+    assert relay.job.id is not None
+    assert RUNS[relay.job.id] == 2
+    assert read_job(db, prefix, relay.job.id)["attempt"] == 1
+    assert worker.statistics()[f"producer {QUICK_QUEUE}"]["adopted"] == 1
+    wait_until(
+        lambda: len(worker.unrecorded) == 0,
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
     )
