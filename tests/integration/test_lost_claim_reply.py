@@ -63,6 +63,12 @@ class WaitsForGate(Worker[str], queue=QUICK_QUEUE, max_attempts=1):
         return "opened"
 
 
+@pytest.fixture(autouse=True)
+def fresh_runs() -> None:
+    """Forget the runs of earlier tests, whose schemas numbered their jobs from 1 too."""
+    RUNS.clear()
+
+
 # Requested before start_instance, so that instances stop before the proxy closes.
 @pytest.fixture
 def proxy(database_dsn: str) -> Iterator[LosingProxy]:
