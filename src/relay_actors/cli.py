@@ -21,7 +21,7 @@ from relay_actors.names import validate_prefix
 from relay_actors.options import DEFAULT_POLL_INTERVAL, DEFAULT_SHUTDOWN_GRACE
 from relay_actors.relay import Relay
 from relay_actors.status import SchemaNotMigrated, read_status, status_to_json, status_to_text
-from relay_actors.store.connect import DSN_VARIABLES
+from relay_actors.store.connect import DSN_VARIABLES, server_address
 from relay_actors.store.migrations import LATEST_VERSION, migrate
 
 logger = logging.getLogger("relay_actors.cli")
@@ -38,18 +38,6 @@ _PURPOSES = {
     "status": "read the status",
     "demo": "run the demo",
 }
-
-
-def _server_of(dsn: str | None) -> str:
-    """Return host, port and database of the DSN the node uses, without its password."""
-    dsn = dsn or os.environ.get("RELAY_ACTORS_DSN") or os.environ.get("DATABASE_URL") or ""
-    try:
-        parts = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "the given DSN"
-    host = parts.get("host") or "localhost"
-    port = parts.get("port") or 5432
-    return f"{host}:{port}/{parts.get('dbname') or parts.get('user') or ''}"
 
 
 def _queue_option(text: str) -> tuple[str, int]:
@@ -381,10 +369,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.OperationalError as error:
         # A server that is down, or a wrong host, database or role. One line
         # with the cause is clearer to an operator than a traceback.
+        dsn = getattr(args, "dsn", None) or ""
+        for name in DSN_VARIABLES:
+            dsn = dsn or os.environ.get(name, "")
         logger.error(
             "cannot %s: PostgreSQL at %s refused or failed the connection: %s",
             _PURPOSES[args.command],
-            _server_of(getattr(args, "dsn", None)),
+            server_address(dsn),
             str(error).strip(),
             extra={"action": "connect_failed"},
         )

@@ -9,6 +9,7 @@ import sys
 
 import psycopg
 
+from relay_actors.store.connect import server_address
 from tests.conftest import REPO_ROOT
 
 DEMO_JOBS = 50
@@ -61,6 +62,10 @@ def test_demo_drops_its_schema(database_dsn: str) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "demo: passed: 5/5 files matched" in completed.stdout
+    # It names the server and the schema it used, so a user can find both.
+    assert f"demo: using the server at {server_address(database_dsn)}, in schema demo_" in (
+        completed.stderr
+    )
     with psycopg.connect(database_dsn, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'demo\\_%'"

@@ -29,6 +29,7 @@ from relay_actors import Error, JobError, Ok, Reason, Relay, Worker, start
 from relay_actors.demo import workers
 from relay_actors.embedded import EmbeddedServer
 from relay_actors.errors import RelayError
+from relay_actors.store.connect import server_address
 
 READY_TIMEOUT_SECONDS = 60.0
 AWAIT_TIMEOUT_SECONDS = 30.0
@@ -254,6 +255,11 @@ def run_demo(args: argparse.Namespace) -> int:
         server = EmbeddedServer()
         dsn = server.dsn
     prefix = f"demo_{secrets.token_hex(4)}"
+    if server is None:
+        print(
+            f"demo: using the server at {server_address(dsn)}, in schema {prefix}",
+            file=sys.stderr,
+        )
     node = None
     try:
         node = _start_worker_node(dsn, prefix, args.executors)

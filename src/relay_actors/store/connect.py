@@ -64,6 +64,17 @@ class PooledDsn(str):
     __slots__ = ()
 
 
+def server_address(dsn: str) -> str:
+    """Return host, port and database of `dsn`, without its password, for messages."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "the given DSN"
+    host = parts.get("host") or "localhost"
+    port = parts.get("port") or 5432
+    return f"{host}:{port}/{parts.get('dbname') or parts.get('user') or ''}"
+
+
 def is_pooled(dsn: str) -> bool:
     """Tell whether connections to `dsn` go through PgBouncer in transaction pooling mode."""
     return isinstance(dsn, PooledDsn)
