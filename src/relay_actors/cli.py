@@ -40,6 +40,17 @@ _PURPOSES = {
 }
 
 
+def _given_dsn(option: str | None) -> str:
+    """Return the DSN of `--dsn`, else of the first DSN variable set, else ""."""
+    if option:
+        return option
+    for name in DSN_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return ""
+
+
 def _queue_option(text: str) -> tuple[str, int]:
     name, separator, count = text.partition("=")
     if not separator:
@@ -218,7 +229,7 @@ def run_worker(args: argparse.Namespace) -> int:
             extra={"action": "invalid_option"},
         )
         return 2
-    if not (args.dsn or any(os.environ.get(name) for name in DSN_VARIABLES)):
+    if not _given_dsn(args.dsn):
         logger.error(
             "no database given: pass --dsn, or set RELAY_ACTORS_DSN or DATABASE_URL; "
             "--dsn embedded starts a private PostgreSQL server for the node",
@@ -279,7 +290,7 @@ def _database_from(args: argparse.Namespace) -> tuple[str, str] | None:
     except ConfigurationError as error:
         logger.error("%s", error, extra={"action": "invalid_option"})
         return None
-    dsn = args.dsn or os.environ.get("RELAY_ACTORS_DSN") or os.environ.get("DATABASE_URL")
+    dsn = _given_dsn(args.dsn)
     if not dsn:
         logger.error(
             "no database given: pass --dsn, or set RELAY_ACTORS_DSN or DATABASE_URL",
@@ -369,13 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except psycopg.OperationalError as error:
         # A server that is down, or a wrong host, database or role. One line
         # with the cause is clearer to an operator than a traceback.
-        dsn = getattr(args, "dsn", None) or ""
-        for name in DSN_VARIABLES:
-            dsn = dsn or os.environ.get(name, "")
         logger.error(
             "cannot %s: PostgreSQL at %s refused or failed the connection: %s",
             _PURPOSES[args.command],
-            server_address(dsn),
+            server_address(_given_dsn(getattr(args, "dsn", None))),
             str(error).strip(),
             extra={"action": "connect_failed"},
         )

@@ -78,7 +78,9 @@ def drain_queue(queue: str, *, instance: str = DEFAULT_NAME) -> dict[str, int]:
                     raise RelayError(f"instance {instance!r} has no acker: it is stopping")
                 claimed.remove((outcome.job_id, outcome.attempt))
         finally:
-            # Jobs left unrun by an error: the producer's audit adopts them.
+            # Jobs left unrun by an error are unlisted, so that this node's
+            # producer of the queue adopts them. Without one, another node
+            # rescues them once this node stops.
             node.unrecorded.discard(claimed)
         _wait_for_acker(node.acker.ref, instance)
     return dict(counts)

@@ -31,7 +31,7 @@ from tests.workers import QUICK_QUEUE, SLOW_QUEUE, Echo, Sleep
 
 RESULT_TIMEOUT = 20.0
 # Audits run every rescue_after seconds, so an unaccounted job is adopted
-# within 2 to 3 s.
+# 1 to 2 s after its claim.
 FAST_AUDIT = {"heartbeat_interval": 0.2, "rescue_after": 1.0, "poll_interval": 0.2}
 
 
@@ -114,7 +114,6 @@ def test_long_attempt_never_adopted(
     row = read_job(db, prefix, relay.job.id)
     assert (row["state"], row["attempt"]) == ("completed", 1)
     assert worker.statistics()[f"producer {SLOW_QUEUE}"]["adopted"] == 0
-
 
 
 def test_outcome_held_by_acker_not_adopted(
