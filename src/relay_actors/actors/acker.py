@@ -14,6 +14,7 @@ from relay_actors.actors.inbox import take_queued
 from relay_actors.actors.messages import AttemptOutcome, Flush, Record, Sync, Tick
 from relay_actors.actors.outcomes import failed_attempt
 from relay_actors.actors.recording import OutcomeWriter
+from relay_actors.actors.slot import ActorSlot
 from relay_actors.failures import RecordFailed
 from relay_actors.store.connect import connect
 from relay_actors.store.statements import statements_for
@@ -22,6 +23,43 @@ logger = logging.getLogger("relay_actors.acker")
 
 MAX_BATCH = 500
 RECORD_FAILED_TYPE = f"{RecordFailed.__module__}.{RecordFailed.__qualname__}"
+
+
+def send_outcome(
+    acker: ActorSlot, outcome: AttemptOutcome, unrecorded: UnrecordedOutcomes, sender: str
+) -> None:
+    """Send `outcome` to the acker, or give it up so that the job runs again.
+
+    pykka marks an actor stopped before its `on_stop` or `on_failure` takes
+    the queued outcomes, and drops a message that arrives after that. So an
+    acker found stopped right after the send may have lost the outcome. It
+    then goes to the acker that replaced it, if the supervisor has started
+    one, since a second write of the same attempt changes nothing. With no
+    live acker, the outcome leaves `unrecorded`, so that the producer's audit
+    adopts the still executing job, and `sender` names who logs the loss.
+    """
+    tried: list[pykka.ActorRef[Any]] = []
+    while True:
+        ref = acker.ref
+        if ref is None or ref in tried:
+            break
+        tried.append(ref)
+        try:
+            ref.tell(Record(outcome))
+        except pykka.ActorDeadError:
+            continue
+        if ref.is_alive():
+            return
+    unrecorded.discard([(outcome.job_id, outcome.attempt)])
+    logger.error(
+        "%s could not hand the outcome of job %s attempt %s to the acker, which stopped, so it "
+        "may not be recorded; the job runs again once a producer's audit adopts it, or once "
+        "another node rescues it if this node stops",
+        sender,
+        outcome.job_id,
+        outcome.attempt,
+        extra={"action": "record_lost", "job_id": outcome.job_id},
+    )
 
 
 class AckerActor(pykka.ThreadingActor):

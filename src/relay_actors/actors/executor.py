@@ -9,8 +9,9 @@ from typing import Any
 
 import pykka
 
+from relay_actors.actors.acker import send_outcome
 from relay_actors.actors.attempts import RunningAttempts, UnrecordedOutcomes
-from relay_actors.actors.messages import AttemptOutcome, Execute, ExecutorIdle, Record
+from relay_actors.actors.messages import AttemptOutcome, Execute, ExecutorIdle
 from relay_actors.actors.outcomes import failed_attempt, from_exception, from_return
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.backoff import default_backoff
@@ -84,14 +85,7 @@ class ExecutorActor(pykka.ThreadingActor):
                 return
         # The producer stopped (the node is stopping or it crashed), so the
         # acker records the outcome.
-        if not self._acker.tell(Record(outcome)):
-            self._unrecorded.discard([(outcome.job_id, outcome.attempt)])
-            logger.error(
-                "outcome of job %s lost: the acker stopped; it runs again once a producer's "
-                "audit adopts it, or once another node rescues it if this node stops",
-                outcome.job_id,
-                extra={"action": "record_failed", "job_id": outcome.job_id},
-            )
+        send_outcome(self._acker, outcome, self._unrecorded, "executor")
 
 
 def run_attempt(

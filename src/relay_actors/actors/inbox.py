@@ -20,12 +20,11 @@ def take_queued(actor: pykka.Actor, kind: type[MessageT]) -> list[MessageT]:
     It reaches into pykka's inbox, a queue.Queue of Envelope objects, so any
     other inbox type returns nothing.
 
-    NOTE: a sender that found the actor alive just before it stopped may
-    queue its message after this call; pykka drops that one. Executors check
-    that their producer is still alive after sending, and send the outcome to
-    the acker too if it is not. A `Record` sent to an acker that stops at that
-    moment can still be lost, and its job then stays executing until the node
-    stops.
+    A sender that found the actor alive just before it stopped may queue
+    its message after this call, and pykka drops that one. So senders of
+    outcomes check after the send that the actor is still alive: executors
+    then hand the outcome to the acker as well, and `send_outcome` to the
+    acker's replacement, or else gives it up for the producer's audit.
     """
     inbox = actor.actor_inbox
     if not isinstance(inbox, queue.Queue):

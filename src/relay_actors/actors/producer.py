@@ -12,6 +12,7 @@ import psycopg
 import pykka
 from pykka import ThreadingFuture
 
+from relay_actors.actors.acker import send_outcome
 from relay_actors.actors.attempts import RunningAttempts, UnrecordedOutcomes
 from relay_actors.actors.audit import ClaimAudit
 from relay_actors.actors.executor import ExecutorActor
@@ -24,7 +25,6 @@ from relay_actors.actors.messages import (
     Drain,
     Execute,
     ExecutorIdle,
-    Record,
     Tick,
     Wake,
 )
@@ -400,11 +400,4 @@ class ProducerActor(pykka.ThreadingActor):
         """Send the outcomes not yet recorded to the acker, which records and retries them."""
         outcomes, self._outcomes = self._outcomes, []
         for outcome in outcomes:
-            if not self._acker.tell(Record(outcome)):
-                self._unrecorded.discard([(outcome.job_id, outcome.attempt)])
-                logger.error(
-                    "outcome of job %s lost: the acker stopped; it runs again once a producer's "
-                    "audit adopts it, or once another node rescues it if this node stops",
-                    outcome.job_id,
-                    extra={"action": "record_lost", "job_id": outcome.job_id},
-                )
+            send_outcome(self._acker, outcome, self._unrecorded, f"producer {self._queue}")

@@ -1,0 +1,114 @@
+"""`send_outcome`: handing an outcome to an acker that stopped while it was sent."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pykka
+import pytest
+
+from relay_actors import Instance, Ok, Relay
+from relay_actors.actors.acker import AckerActor, send_outcome
+from relay_actors.actors.attempts import UnrecordedOutcomes
+from relay_actors.actors.outcomes import from_return
+from relay_actors.actors.slot import ActorSlot
+from tests.conftest import job_state, wait_until
+from tests.restarts import only_actor, wait_for_restart
+from tests.workers import SLOW_QUEUE, WaitsForFile
+
+RESULT_TIMEOUT = 10.0
+# Seconds a WaitsForFile job waits for its file before it gives up.
+JOB_SECONDS = 60
+
+
+class SwappedSlot(ActorSlot):
+    """A slot that returns `first` once, then the instance's slot: a replacement seen late."""
+
+    def __init__(self, first: pykka.ActorRef[Any], later: ActorSlot) -> None:
+        super().__init__(first)
+        self._later = later
+        self._reads = 0
+
+    @property  # type: ignore[override]
+    def ref(self) -> pykka.ActorRef[Any] | None:
+        self._reads += 1
+        if self._reads == 1:
+            return super().ref
+        return self._later.ref
+
+
+def test_outcome_given_up_without_live_acker(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    prefix: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outcome sent to a stopped acker, with no replacement, leaves the unrecorded set."""
+    instance = start_instance(queues={SLOW_QUEUE: 1})
+    release = tmp_path / "release"
+    relay = Relay.async_(instance.name, WaitsForFile.new({"path": str(release), "seconds": 60}))
+    wait_until(
+        lambda: job_state(db, prefix, relay.job.id) == "executing",
+        timeout=RESULT_TIMEOUT,
+        message="the job never started",
+    )
+    job = dataclasses.replace(relay.job, attempt=1)
+    outcome = from_return(job, "sent late", prefix, instance.node_id)
+    acker = only_actor(AckerActor)
+    acker.stop()
+    unrecorded = UnrecordedOutcomes()
+    unrecorded.add(outcome.job_id, outcome.attempt)
+
+    with caplog.at_level(logging.ERROR, logger="relay_actors.acker"):
+        send_outcome(ActorSlot(acker), outcome, unrecorded, "test sender")
+
+    assert unrecorded.job_ids() == []
+    lost = [record for record in caplog.records if getattr(record, "action", "") == "record_lost"]
+    assert len(lost) == 1
+    assert "test sender" in lost[0].getMessage()
+    release.write_text("go\n")
+
+
+def test_outcome_goes_to_replacement_acker(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    prefix: str,
+    tmp_path: Path,
+) -> None:
+    """An outcome whose acker stopped goes to the acker that the supervisor started."""
+    instance = start_instance(queues={SLOW_QUEUE: 1})
+    release = tmp_path / "release"
+    relay = Relay.async_(
+        instance.name, WaitsForFile.new({"path": str(release), "seconds": JOB_SECONDS})
+    )
+    wait_until(
+        lambda: job_state(db, prefix, relay.job.id) == "executing",
+        timeout=RESULT_TIMEOUT,
+        message="the job never started",
+    )
+    job = dataclasses.replace(relay.job, attempt=1)
+    outcome = from_return(job, "sent late", prefix, instance.node_id)
+    stopped = only_actor(AckerActor)
+    stopped.stop()
+    wait_for_restart(instance, "acker")
+    # The node-wide set, from which the replacement acker removes what it wrote.
+    unrecorded = instance.unrecorded
+    unrecorded.add(outcome.job_id, outcome.attempt)
+
+    send_outcome(SwappedSlot(stopped, instance.acker), outcome, unrecorded, "test sender")
+
+    # The attempt itself still runs, so only the replacement can have recorded it.
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("sent late")
+    assert job_state(db, prefix, relay.job.id) == "completed"
+    wait_until(
+        lambda: unrecorded.job_ids() == [],
+        timeout=RESULT_TIMEOUT,
+        message="the replacement acker never removed the outcome it wrote",
+    )
+    release.write_text("go\n")
