@@ -1,8 +1,10 @@
-"""`Instance`: one running node of relay_actors, its actors and connections."""
+"""`Instance`: one running node of relay_actors, its actors and connections.
+
+`relay_actors.starting` starts the node's actors, and `relay_actors.stopping` stops them.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -12,50 +14,27 @@ from types import TracebackType
 from typing import Any, ClassVar
 
 import pykka
-from psycopg.types.json import Jsonb
 
-from relay_actors.actors.acker import AckerActor
 from relay_actors.actors.attempts import RunningAttempts, UnrecordedOutcomes
 from relay_actors.actors.directory import MailboxDirectory
-from relay_actors.actors.lifeline import LOST_TYPE, LifelineActor
-from relay_actors.actors.listener import ListenerActor
 from relay_actors.actors.mailbox import RelayRefActor
-from relay_actors.actors.messages import Drain, Record, Sync, Tick
-from relay_actors.actors.outcomes import failed_attempt, relay_target
-from relay_actors.actors.poller import ResultPollerActor
-from relay_actors.actors.producer import ProducerActor
-from relay_actors.actors.pruner import PrunerActor
 from relay_actors.actors.slot import ActorSlot
-from relay_actors.actors.stager import StagerActor
 from relay_actors.cancelling import cancel_job
 from relay_actors.errors import (
     ConfigurationError,
     InstanceForkedError,
     InstanceNotFoundError,
-    RelayError,
 )
 from relay_actors.inserting import InsertCombiner
-from relay_actors.job import Job
 from relay_actors.names import control_channel, insert_channel, make_node_id, relay_channel
 from relay_actors.options import Options
-from relay_actors.store.connect import (
-    ConnectionPool,
-    connect,
-    is_pooled,
-    warn_without_statement_timeout,
-)
-from relay_actors.store.migrations import migrate
+from relay_actors.starting import start_actors
+from relay_actors.stopping import stop_instance
+from relay_actors.store.connect import ConnectionPool
 from relay_actors.store.statements import Statements, statements_for
 from relay_actors.supervision import Supervisor
 from relay_actors.wire import Delivery, delivery_from_row
-from relay_actors.worker import registered_worker_names
 
-logger = logging.getLogger("relay_actors.instance")
-
-START_TIMEOUT_SECONDS = 10.0
-FORGET_NODE_TIMEOUT_SECONDS = 2.0
-TICK_SECONDS = 0.1
-SUPERVISE_EVERY_TICKS = 10
 # How long a heartbeat waits for the actors' figures.
 HEARTBEAT_ASK_SECONDS = 1.0
 
@@ -116,155 +95,7 @@ class Instance:
 
     def start_actors(self) -> None:
         """Migrate the schema, register the node, then start every actor and the ticker."""
-        with connect(self.dsn, "migrator", self.node_id) as conn:
-            migrate(conn, self.prefix)
-            if is_pooled(self.dsn):
-                warn_without_statement_timeout(conn, self.node_id)
-            conn.execute(
-                self.statements.upsert_node,
-                {
-                    "node_id": self.node_id,
-                    "name": self.node,
-                    "queues": Jsonb(self.queues),
-                    "workers": registered_worker_names(),
-                },
-            )
-        self._registered = True
-        options = self.options
-        common = {"dsn": self.dsn, "prefix": self.prefix, "node_id": self.node_id}
-        start = self._supervisor.start_child
-        acker = start(
-            "acker",
-            lambda: AckerActor.start(
-                insert_channel=self.insert_channel,
-                secret=options.secret,
-                unrecorded=self.unrecorded,
-                **common,
-            ),
-        )
-        for queue, size in self.queues.items():
-            start(
-                f"producer {queue}",
-                self._producer_factory(queue, size, acker, common),
-                on_start=self._producer_registrar(queue),
-            )
-        poller = start(
-            "poller",
-            lambda: ResultPollerActor.start(
-                directory=self.directory,
-                pending_ttl=options.pending_ttl,
-                interval=options.safety_net_interval,
-                **common,
-            ),
-        )
-        start(
-            "lifeline",
-            lambda: LifelineActor.start(
-                name=self.node,
-                queues=self.queues,
-                rescue_after=options.rescue_after,
-                acker=acker,
-                statistics=self._heartbeat_statistics,
-                interval=options.heartbeat_interval,
-                **common,
-            ),
-        )
-        if self.queues:
-            start(
-                "stager",
-                lambda: StagerActor.start(
-                    insert_channel=self.insert_channel, interval=options.poll_interval, **common
-                ),
-            )
-            start(
-                "pruner",
-                lambda: PrunerActor.start(
-                    max_age=options.prune_after, interval=options.prune_interval, **common
-                ),
-            )
-        listener = start(
-            "listener",
-            lambda: ListenerActor.start(
-                dsn=options.listen_dsn or self.dsn,
-                node_id=self.node_id,
-                insert_channel=self.insert_channel if options.queues else None,
-                relay_channel=self.relay_channel,
-                control_channel=self.control_channel,
-                directory=self.directory,
-                producers=self._producers,
-                poller=poller,
-                secret=options.secret,
-            ),
-        )
-        assert listener.ref is not None
-        statistics = listener.ref.proxy().statistics().get(timeout=START_TIMEOUT_SECONDS)
-        if not statistics["connected"]:
-            raise RelayError(
-                f"instance {self.name!r}: the listener could not connect to PostgreSQL"
-            )
-        self._ticker = threading.Thread(
-            target=self._tick_loop, name=f"relay_actors-ticker-{self.name}", daemon=True
-        )
-        self._ticker.start()
-        logger.info(
-            "instance %s started as node %s on schema %s with queues %s",
-            self.name,
-            self.node_id,
-            self.prefix,
-            self.queues or "{}",
-            extra={"action": "instance_start", "node": self.node_id},
-        )
-
-    def _producer_factory(
-        self, queue: str, size: int, acker: Any, common: dict[str, Any]
-    ) -> Callable[[], pykka.ActorRef[Any]]:
-        # One for every producer this queue gets, so that after a restart
-        # cancellations still reach the attempts of the old producer's
-        # executors, and stop() still waits for them.
-        attempts = RunningAttempts()
-        self._attempts[queue] = attempts
-
-        def factory() -> pykka.ActorRef[Any]:
-            return ProducerActor.start(
-                queue=queue,
-                executors=size,
-                acker=acker,
-                poll_interval=self.options.poll_interval,
-                audit_interval=self.options.rescue_after,
-                relaxed_claims=self.options.relaxed_claims,
-                secret=self.options.secret,
-                attempts=attempts,
-                unrecorded=self.unrecorded,
-                **common,
-            )
-
-        return factory
-
-    def _producer_registrar(self, queue: str) -> Callable[[pykka.ActorRef[Any]], None]:
-        """Return a callback that makes the listener wake the queue's current producer."""
-
-        def register(producer: pykka.ActorRef[Any]) -> None:
-            self._producers[queue] = producer
-
-        return register
-
-    def _tick_loop(self) -> None:
-        ticks = 0
-        while not self._ticker_done.wait(TICK_SECONDS):
-            if self._stopping.is_set():
-                # Running jobs may take the whole shutdown grace period. The
-                # heartbeat goes on, or other nodes would rescue those jobs and
-                # run them a second time. Nothing else ticks, and no crashed
-                # actor is restarted, so no new job is claimed.
-                if "lifeline" in self._supervisor.names():
-                    self._supervisor.slot("lifeline").tell(Tick())
-                continue
-            ticks += 1
-            if ticks % SUPERVISE_EVERY_TICKS == 0:
-                self._supervisor.check()
-            for name in self._supervisor.names():
-                if name != "listener":
-                    self._supervisor.slot(name).tell(Tick())
+        start_actors(self)
 
     def _heartbeat_statistics(self) -> dict[str, Any]:
         """Return the figures written with each heartbeat, which `relay-actors status` shows.
@@ -312,93 +143,7 @@ class Instance:
             if self._stopped:
                 return
             self._stopped = True
-        grace = self.options.shutdown_grace if grace is None else grace
-        deadline = time.monotonic() + grace
-        self._stopping.set()
-        self._drain_producers(deadline)
-        for queue in list(self._producers):
-            self._supervisor.stop_child(f"producer {queue}")
-        acker = self._supervisor.ref("acker")
-        if acker is not None:
-            try:
-                synced = acker.ask(Sync(), timeout=max(1.0, deadline - time.monotonic()))
-                synced.get(timeout=max(1.0, deadline - time.monotonic()))
-            except (pykka.Timeout, pykka.ActorDeadError):
-                logger.warning("recording the last outcomes timed out at stop")
-        self._ticker_done.set()
-        if self._ticker is not None:
-            self._ticker.join()
-        for name in self._supervisor.names():
-            self._supervisor.stop_child(name)
-        for mailbox in self.directory.mailboxes():
-            mailbox.stop()
-        self._forget_node()
-        self.pool.close()
-        self._on_stop(self)
-        logger.info("instance %s stopped", self.name, extra={"action": "instance_stop"})
-
-    def _drain_producers(self, deadline: float) -> None:
-        drains = []
-        for producer in self._producers.values():
-            try:
-                drains.append((producer, producer.ask(Drain(), block=False)))
-            except pykka.ActorDeadError:
-                continue
-        for _, drain in drains:
-            try:
-                drain.get(timeout=max(0.0, deadline - time.monotonic())).get(
-                    timeout=max(0.0, deadline - time.monotonic())
-                )
-            except (pykka.Timeout, pykka.ActorDeadError):
-                continue
-        # A producer drains only the attempts it started. Those of an earlier
-        # producer of its queue, which the supervisor replaced, may run on.
-        for attempts in self._attempts.values():
-            if not attempts.wait_until_empty(max(0.0, deadline - time.monotonic())):
-                self._release_running(attempts.jobs())
-
-    def _release_running(self, running: list[Job]) -> None:
-        acker = self._supervisor.slot("acker")
-        for job in running:
-            assert job.id is not None  # claimed jobs have ids
-            logger.warning(
-                "job %s of queue %s still running after the shutdown grace period; released "
-                "as a failed attempt, its thread is left running",
-                job.id,
-                job.queue,
-                extra={"action": "release", "job_id": job.id, "queue": job.queue},
-            )
-            acker.tell(
-                Record(
-                    failed_attempt(
-                        job_id=job.id,
-                        queue=job.queue,
-                        attempt=job.attempt,
-                        max_attempts=job.max_attempts,
-                        error_type=LOST_TYPE,
-                        message=f"node {self.node_id} stopped before attempt {job.attempt} ended",
-                        trace="",
-                        node_id=self.node_id,
-                        relay=relay_target(job.id, job.meta, self.prefix),
-                        delay=0.0,
-                        retry_state="available",
-                    )
-                )
-            )
-
-    def _forget_node(self) -> None:
-        if not self._registered:
-            return
-        try:
-            with self.pool.connection(FORGET_NODE_TIMEOUT_SECONDS) as conn:
-                conn.execute(self.statements.delete_node, {"node_id": self.node_id})
-        except Exception as error:  # noqa: BLE001 - a stale node row is harmless
-            logger.warning(
-                "could not remove node %s from the nodes table: %s",
-                self.node_id,
-                error,
-                extra={"action": "forget_node_failed", "node": self.node_id},
-            )
+        stop_instance(self, grace)
 
     def __enter__(self) -> Instance:
         return self
