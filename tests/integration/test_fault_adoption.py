@@ -1,0 +1,327 @@
+"""Outcomes and prefetched jobs that a write fails to settle, and what then runs the jobs.
+
+Another session locks job rows, and the node's statements time out after
+LOCK_WAIT_MS, so writes fail the way they do when a row stays locked too long.
+A job whose outcome the acker gives up on, or that a stopping producer fails to
+return to the queue, stays `executing` on this node. The next producer's audit
+must find it and run it. An outcome that cannot be written at all is replaced
+by a failed attempt, whose write the acker must retry until it succeeds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from relay_actors import Discard, Instance, Job, Ok, Relay, Worker
+from relay_actors.actors.acker import RECORD_FAILED_TYPE
+from relay_actors.actors.producer import ProducerActor
+from relay_actors.store import connect
+from tests.conftest import job_state, wait_until
+from tests.integration.test_missed_signals import read_job
+from tests.restarts import only_actor, wait_for_restart
+from tests.workers import QUICK_QUEUE, SLOW_QUEUE
+
+RESULT_TIMEOUT = 10.0
+# Statement timeout in milliseconds of the connections that instances open,
+# so that a write that waits for a locked row fails after half a second.
+LOCK_WAIT_MS = 500
+# Audits run every rescue_after seconds, so a job is adopted 1 to 2 s after
+# the node stopped accounting for it.
+FAST_AUDIT = {"heartbeat_interval": 0.2, "rescue_after": 1.0, "poll_interval": 0.2}
+# A jsonb value cannot contain the character U+0000, so the server rejects
+# every write of an outcome whose row meta would get this reason.
+UNSTORABLE_REASON = "contains \x00, which jsonb rejects"
+
+# Runs of the workers below, by job id.
+RUNS: Counter[int] = Counter()
+# Events that jobs wait for, by the name in their args.
+GATES: dict[str, threading.Event] = {}
+
+
+class WaitsOnFirstRun(Worker[str], queue=QUICK_QUEUE, max_attempts=1):
+    """Count the run, and return "done".
+
+    The job's first run waits until the test sets the GATES event named by
+    `args["gate"]`, if the args name one.
+    """
+
+    def perform(self, job: Job) -> str:
+        assert job.id is not None
+        RUNS[job.id] += 1
+        if RUNS[job.id] == 1 and "gate" in job.args:
+            GATES[job.args["gate"]].wait(RESULT_TIMEOUT)
+        return "done"
+
+
+class UnstorableFirstAttempt(Worker[str], queue=QUICK_QUEUE, max_attempts=3):
+    """Count the run, wait for the gate `args["gate"]`, and end attempt 1 with a Discard.
+
+    The Discard's reason is UNSTORABLE_REASON, so no write can store attempt
+    1's outcome. Later attempts return "done".
+    """
+
+    def perform(self, job: Job) -> str | Discard:
+        assert job.id is not None
+        RUNS[job.id] += 1
+        GATES[job.args["gate"]].wait(RESULT_TIMEOUT)
+        if job.attempt == 1:
+            return Discard(UNSTORABLE_REASON)
+        return "done"
+
+
+@pytest.fixture(autouse=True)
+def fresh_runs() -> None:
+    """Forget the runs of earlier tests, whose schemas numbered their jobs from 1 too."""
+    RUNS.clear()
+
+
+@pytest.fixture
+def new_gate(start_instance: Callable[..., Instance]) -> Iterator[Callable[[], str]]:
+    """Factory of closed gates, which returns the name to put in a job's args.
+
+    Every gate opens at teardown, before the instances stop, so that no job
+    of a failed test waits out its timeout.
+    """
+    names: list[str] = []
+
+    def make() -> str:
+        name = secrets.token_hex(4)
+        GATES[name] = threading.Event()
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        GATES.pop(name).set()
+
+
+@pytest.fixture
+def short_statement_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give the connections that instances open from now on a LOCK_WAIT_MS statement timeout."""
+    monkeypatch.setattr(connect, "STATEMENT_TIMEOUT_MS", LOCK_WAIT_MS)
+
+
+@contextmanager
+def rows_locked(database_dsn: str, prefix: str, job_ids: list[int]) -> Iterator[None]:
+    """Hold a FOR SHARE lock on the rows of `job_ids`, so that every update of them waits."""
+    locker = psycopg.connect(database_dsn)
+    try:
+        query = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s) FOR SHARE").format(
+            sql.Identifier(prefix, "jobs")
+        )
+        locked = locker.execute(query, (job_ids,)).fetchall()
+        assert sorted(row[0] for row in locked) == sorted(job_ids)
+        yield
+    finally:
+        locker.rollback()
+        locker.close()
+
+
+def logged(caplog: pytest.LogCaptureFixture, logger: str, action: str) -> int:
+    """Return how many records of `logger` with the `action` extra were captured so far."""
+    return sum(
+        1
+        for record in caplog.records
+        if record.name == logger and getattr(record, "action", None) == action
+    )
+
+
+def test_acker_stop_outcome_adopted(
+    short_statement_timeout: None,
+    start_instance: Callable[..., Instance],
+    new_gate: Callable[[], str],
+    db: psycopg.Connection[Any],
+    database_dsn: str,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outcome that the acker cannot write before it stops leaves its job to the audit.
+
+    Another session locks the job's row before its attempt ends, so the
+    producer's write of the outcome times out, and so do the acker's. The
+    acker is then stopped from outside, as a crash would stop it, fails its
+    last write and gives the outcome up. Once the lock is gone, the
+    producer's audit adopts the job and runs it a second time.
+    """
+    caller = start_instance(queues={})
+    worker = start_instance(queues={QUICK_QUEUE: 2}, **FAST_AUDIT)
+    gate = new_gate()
+    relay = Relay.async_(caller.name, WaitsOnFirstRun.new({"gate": gate}))
+    job_id = relay.job.id
+    assert job_id is not None
+    wait_until(lambda: RUNS[job_id] == 1, timeout=RESULT_TIMEOUT, message="the job never ran")
+
+    with rows_locked(database_dsn, prefix, [job_id]):
+        GATES[gate].set()
+        wait_until(
+            lambda: logged(caplog, "relay_actors.acker", "record_failed") >= 1,
+            timeout=RESULT_TIMEOUT,
+            message="the acker never failed to write the outcome",
+        )
+        acker = worker.acker.ref
+        assert acker is not None
+        # Stopping the actor from outside the instance looks to the supervisor like a crash.
+        acker.stop()
+        assert logged(caplog, "relay_actors.acker", "record_lost") == 1
+        assert len(worker.unrecorded) == 0
+        assert job_state(db, prefix, job_id) == "executing"
+
+    wait_for_restart(worker, "acker")
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("done")
+    row = read_job(db, prefix, job_id)
+    assert row["state"] == "completed"
+    assert row["attempt"] == 1
+    assert RUNS[job_id] == 2
+    assert worker.statistics()[f"producer {QUICK_QUEUE}"]["adopted"] == 1
+    wait_until(
+        lambda: len(worker.unrecorded) == 0,
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
+    )
+
+
+def test_acker_fallback_retried_after_lock(
+    short_statement_timeout: None,
+    start_instance: Callable[..., Instance],
+    new_gate: Callable[[], str],
+    db: psycopg.Connection[Any],
+    database_dsn: str,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failed attempt that replaces an unstorable outcome is written on a later tick.
+
+    The server rejects every write of the job's first outcome, so the acker
+    replaces it with a failed attempt. Another session locks the job's row,
+    so the write of that failed attempt times out, and the acker keeps its
+    batch for the next tick. Once the lock is gone, a tick writes the failed
+    attempt, and the job's second attempt completes.
+    """
+    caller = start_instance(queues={})
+    worker = start_instance(queues={QUICK_QUEUE: 2}, poll_interval=0.2)
+    gate = new_gate()
+    relay = Relay.async_(caller.name, UnstorableFirstAttempt.new({"gate": gate}))
+    job_id = relay.job.id
+    assert job_id is not None
+    wait_until(lambda: RUNS[job_id] == 1, timeout=RESULT_TIMEOUT, message="the job never ran")
+
+    with rows_locked(database_dsn, prefix, [job_id]):
+        GATES[gate].set()
+        # Each failed tick logs one record_failed, so two show that a retry failed too.
+        wait_until(
+            lambda: logged(caplog, "relay_actors.acker", "record_failed") >= 2,
+            timeout=RESULT_TIMEOUT,
+            message="the acker did not fail to write the failed attempt on two ticks",
+        )
+        assert logged(caplog, "relay_actors.acker", "record_lost") == 0
+        locked_row = read_job(db, prefix, job_id)
+        assert locked_row["state"] == "executing"
+        assert locked_row["errors"] == []
+        assert len(worker.unrecorded) == 1
+
+    result = Relay.await_(relay, timeout=RESULT_TIMEOUT, with_retries=True)
+    assert result == Ok("done")
+    row = read_job(db, prefix, job_id)
+    assert row["state"] == "completed"
+    assert row["attempt"] == 2
+    assert RUNS[job_id] == 2
+    assert "discard_reason" not in row["meta"]
+    assert len(row["errors"]) == 1
+    error = row["errors"][0]
+    assert error["type"] == RECORD_FAILED_TYPE
+    assert error["attempt"] == 1
+    assert "could not be recorded" in error["message"]
+    assert logged(caplog, "relay_actors.acker", "record_lost") == 0
+    wait_until(
+        lambda: len(worker.unrecorded) == 0,
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
+    )
+    assert worker.statistics()["acker"]["recorded"] == 1
+
+
+def test_failed_unclaim_jobs_adopted(
+    short_statement_timeout: None,
+    start_instance: Callable[..., Instance],
+    new_gate: Callable[[], str],
+    db: psycopg.Connection[Any],
+    database_dsn: str,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Prefetched jobs that a stopping producer fails to return are adopted by the next one.
+
+    Both executors of the node wait on a gate while two more jobs wait,
+    claimed ahead of them. Another session locks those two rows, so
+    returning them times out when the producer is stopped from outside, as
+    a crash would stop it. The jobs stay executing on this node, and the
+    restarted producer's audit adopts them and runs each once.
+    """
+    caller = start_instance(queues={})
+    worker = start_instance(queues={SLOW_QUEUE: 2}, **FAST_AUDIT)
+
+    def producer_figures() -> dict[str, int]:
+        figures: dict[str, int] = worker.statistics()[f"producer {SLOW_QUEUE}"]
+        return figures
+
+    # Quick attempts make the producer claim ahead of its executors.
+    for _ in range(3):
+        quick = Relay.async_(caller.name, WaitsOnFirstRun.new({}, queue=SLOW_QUEUE))
+        assert Relay.await_(quick, timeout=RESULT_TIMEOUT) == Ok("done")
+    gate = new_gate()
+    blocked = Relay.async_many(
+        caller.name, [WaitsOnFirstRun.new({"gate": gate}, queue=SLOW_QUEUE) for _ in range(2)]
+    )
+    wait_until(
+        lambda: producer_figures()["busy"] == 2,
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"the blocked jobs did not both start: {producer_figures()}",
+    )
+    prefetched = Relay.async_many(
+        caller.name, [WaitsOnFirstRun.new({}, queue=SLOW_QUEUE) for _ in range(2)]
+    )
+    wait_until(
+        lambda: producer_figures()["prefetched"] == 2,
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"the jobs were not claimed ahead: {producer_figures()}",
+    )
+    prefetched_ids = [relay.job.id for relay in prefetched if relay.job.id is not None]
+    assert len(prefetched_ids) == 2
+
+    with rows_locked(database_dsn, prefix, prefetched_ids):
+        only_actor(ProducerActor).stop()
+        assert logged(caplog, "relay_actors.producer", "unclaim_failed") == 1
+        for job_id in prefetched_ids:
+            assert job_state(db, prefix, job_id) == "executing"
+
+    wait_for_restart(worker, f"producer {SLOW_QUEUE}")
+    assert Relay.await_many(prefetched, timeout=RESULT_TIMEOUT) == [Ok("done"), Ok("done")]
+    for job_id in prefetched_ids:
+        row = read_job(db, prefix, job_id)
+        assert row["state"] == "completed"
+        assert row["attempt"] == 1
+        assert RUNS[job_id] == 1
+    assert producer_figures()["adopted"] == 2
+
+    # The blocked jobs run on the stopped producer's executors, so no audit
+    # may adopt them, and each ends after one run.
+    GATES[gate].set()
+    assert Relay.await_many(blocked, timeout=RESULT_TIMEOUT) == [Ok("done"), Ok("done")]
+    for relay in blocked:
+        assert relay.job.id is not None
+        assert RUNS[relay.job.id] == 1
+    assert producer_figures()["adopted"] == 2
+    wait_until(
+        lambda: len(worker.unrecorded) == 0,
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
+    )
