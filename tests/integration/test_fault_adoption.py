@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay_actors import Discard, Instance, Job, Ok, Relay, Worker
+from relay_actors import Discard, Error, Instance, Job, JobError, Ok, Relay, Worker
 from relay_actors.actors.acker import RECORD_FAILED_TYPE
 from relay_actors.actors.producer import ProducerActor
 from relay_actors.store import connect
@@ -76,6 +76,15 @@ class UnstorableFirstAttempt(Worker[str], queue=QUICK_QUEUE, max_attempts=3):
         if job.attempt == 1:
             return Discard(UNSTORABLE_REASON)
         return "done"
+
+
+class AlwaysUnstorable(Worker[str], queue=QUICK_QUEUE, max_attempts=2):
+    """Count the run, and end every attempt with a Discard whose reason no write can store."""
+
+    def perform(self, job: Job) -> Discard:
+        assert job.id is not None
+        RUNS[job.id] += 1
+        return Discard(UNSTORABLE_REASON)
 
 
 @pytest.fixture(autouse=True)
@@ -247,6 +256,36 @@ def test_acker_fallback_retried_after_lock(
         message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
     )
     assert worker.statistics()["acker"]["recorded"] == 1
+
+
+def test_acker_fallback_stops_at_max_attempts(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A job whose every outcome is unstorable runs max_attempts times, then is discarded.
+
+    The failed attempt that replaces each outcome counts like any failed
+    attempt, so the last one discards the job and its caller gets a final error.
+    """
+    caller = start_instance(queues={})
+    start_instance(queues={QUICK_QUEUE: 2}, poll_interval=0.2)
+    relay = Relay.async_(caller.name, AlwaysUnstorable.new({}))
+    job_id = relay.job.id
+    assert job_id is not None
+
+    result = Relay.await_(relay, timeout=RESULT_TIMEOUT, with_retries=True)
+    assert isinstance(result, Error)
+    assert isinstance(result.reason, JobError)
+    assert result.reason.type == RECORD_FAILED_TYPE
+    assert result.reason.attempt == 2
+    row = read_job(db, prefix, job_id)
+    assert row["state"] == "discarded"
+    assert row["attempt"] == 2
+    assert [error["type"] for error in row["errors"]] == [RECORD_FAILED_TYPE] * 2
+    assert RUNS[job_id] == 2
+    assert logged(caplog, "relay_actors.acker", "record_lost") == 0
 
 
 def test_failed_unclaim_jobs_adopted(

@@ -219,11 +219,17 @@ class AckerActor(pykka.ThreadingActor):
             except (psycopg.OperationalError, psycopg.InterfaceError):
                 raise
             except Exception as error:  # noqa: BLE001 - replaced by a failed attempt below
+                # The failed attempt counts, so a job whose outcomes can never
+                # be written is discarded at its last attempt. An outcome that
+                # carries no limit leaves its job retryable.
+                max_attempts = outcome.max_attempts
+                if max_attempts is None:
+                    max_attempts = outcome.attempt + 1
                 fallback = failed_attempt(
                     job_id=outcome.job_id,
                     queue=outcome.queue,
                     attempt=outcome.attempt,
-                    max_attempts=outcome.attempt + 1,
+                    max_attempts=max_attempts,
                     error_type=RECORD_FAILED_TYPE,
                     message=f"the outcome {outcome.status!r} could not be recorded: {error}",
                     trace="",

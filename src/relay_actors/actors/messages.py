@@ -89,6 +89,9 @@ class AttemptOutcome:
     `node` is the id of the node that claimed the attempt. The outcome is
     recorded only while the row's attempt is still that node's, because an
     attempt number is used again when a prefetched job is returned unstarted.
+    `max_attempts` is the job's limit when the attempt ran, so that a failed
+    attempt that replaces an unwritable outcome can end the job at its last
+    attempt. None means unknown.
     """
 
     job_id: int
@@ -103,6 +106,7 @@ class AttemptOutcome:
     meta_patch: dict[str, Any] | None = None
     relay: RelayTarget | None = None
     node: str | None = None
+    max_attempts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,7 @@ def failed_attempt(
         error=entry,
         relay=relay,
         node=node_id,
+        max_attempts=max_attempts,
     )
 
 
@@ -155,6 +156,7 @@ def from_return(job: Job, value: Any, prefix: str, node_id: str) -> AttemptOutco
         "queue": job.queue,
         "relay": relay,
         "node": node_id,
+        "max_attempts": job.max_attempts,
     }
     if isinstance(value, Snooze):
         snoozed = job.meta.get("snoozed", 0)
