@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -364,3 +365,47 @@ def test_failed_unclaim_jobs_adopted(
         timeout=RESULT_TIMEOUT,
         message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
     )
+
+
+def test_acker_stop_not_delayed_by_ticks(
+    short_statement_timeout: None,
+    start_instance: Callable[..., Instance],
+    new_gate: Callable[[], str],
+    database_dsn: str,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An acker whose writes time out stops after its final write, not after its queued ticks.
+
+    The instance ticks the acker every 0.1 s, so during each failed write of
+    LOCK_WAIT_MS about five ticks queue up. Without a pause after a failure,
+    each of them would run one more write that times out, and a stop queued
+    behind them would wait for all of those.
+    """
+    caller = start_instance(queues={})
+    worker = start_instance(queues={QUICK_QUEUE: 2}, poll_interval=0.2)
+    gate = new_gate()
+    relay = Relay.async_(caller.name, WaitsOnFirstRun.new({"gate": gate}))
+    job_id = relay.job.id
+    assert job_id is not None
+    wait_until(lambda: RUNS[job_id] == 1, timeout=RESULT_TIMEOUT, message="the job never ran")
+
+    with rows_locked(database_dsn, prefix, [job_id]):
+        GATES[gate].set()
+        wait_until(
+            lambda: logged(caplog, "relay_actors.acker", "record_failed") >= 2,
+            timeout=RESULT_TIMEOUT,
+            message="the acker did not fail to write the outcome twice",
+        )
+        acker = worker.acker.ref
+        assert acker is not None
+        started = time.monotonic()
+        acker.stop()
+        stop_seconds = time.monotonic() - started
+        failed_writes = logged(caplog, "relay_actors.acker", "record_failed")
+
+    # At most the write in progress and the final write in on_stop, each
+    # LOCK_WAIT_MS, plus 0.5 s for scheduling on a loaded machine.
+    assert stop_seconds < 2 * LOCK_WAIT_MS / 1000 + 0.5
+    # Two failed writes before the stop, the one in progress and the final one.
+    assert failed_writes <= 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import psycopg
@@ -22,6 +23,10 @@ from relay_actors.store.statements import statements_for
 logger = logging.getLogger("relay_actors.acker")
 
 MAX_BATCH = 500
+# Seconds after a failed write before the acker writes again, unless a Sync
+# requests it. Ticks that queue up during a long failed write then cost
+# nothing, instead of one more failed write each.
+RETRY_SECONDS = 1.0
 RECORD_FAILED_TYPE = f"{RecordFailed.__module__}.{RecordFailed.__qualname__}"
 
 
@@ -69,7 +74,7 @@ class AckerActor(pykka.ThreadingActor):
     under load several jobs share one WAL flush and one NOTIFY per caller
     node. The row update and the notifications commit in one transaction, so a
     result is announced only if it was recorded. A failed write keeps the
-    batch and retries on the next tick.
+    batch and retries on the first tick `RETRY_SECONDS` later.
     """
 
     use_daemon_thread = True
@@ -92,6 +97,7 @@ class AckerActor(pykka.ThreadingActor):
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._batch: list[AttemptOutcome] = []
         self._flush_queued = False
+        self._retry_at = 0.0
         self._syncs: list[ThreadingFuture[None]] = []
         self.recorded = 0
 
@@ -147,9 +153,10 @@ class AckerActor(pykka.ThreadingActor):
                 self.actor_ref.tell(Flush())
         elif isinstance(message, Flush):
             self._flush_queued = False
-            self._flush()
+            if time.monotonic() >= self._retry_at:
+                self._flush()
         elif isinstance(message, Tick):
-            if self._batch:
+            if self._batch and time.monotonic() >= self._retry_at:
                 self._flush()
         elif isinstance(message, Sync):
             future: ThreadingFuture[None] = ThreadingFuture()
@@ -178,12 +185,13 @@ class AckerActor(pykka.ThreadingActor):
                 self._write(batch)
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                 logger.warning(
-                    "recording %d job outcomes failed, retrying on the next tick: %s",
+                    "recording %d job outcomes failed, retrying in %.0f s: %s",
                     len(batch),
+                    RETRY_SECONDS,
                     error,
                     extra={"action": "record_failed"},
                 )
-                self._close()
+                self._retry_later()
                 return
             except Exception as error:  # noqa: BLE001 - one bad outcome must not block others
                 # Not a connection problem, so retrying the same batch would
@@ -197,11 +205,12 @@ class AckerActor(pykka.ThreadingActor):
                     self._write_one_by_one(batch)
                 except (psycopg.OperationalError, psycopg.InterfaceError) as lost:
                     logger.warning(
-                        "recording outcomes failed, retrying on the next tick: %s",
+                        "recording outcomes failed, retrying in %.0f s: %s",
+                        RETRY_SECONDS,
                         lost,
                         extra={"action": "record_failed"},
                     )
-                    self._close()
+                    self._retry_later()
                     return
             del self._batch[: len(batch)]
             self._unrecorded.discard([(outcome.job_id, outcome.attempt) for outcome in batch])
@@ -209,6 +218,11 @@ class AckerActor(pykka.ThreadingActor):
         for future in self._syncs:
             future.set(None)
         self._syncs.clear()
+
+    def _retry_later(self) -> None:
+        """Close the connection, which may be broken, and pause writes for `RETRY_SECONDS`."""
+        self._close()
+        self._retry_at = time.monotonic() + RETRY_SECONDS
 
     def _write_one_by_one(self, batch: list[AttemptOutcome]) -> None:
         """Write each outcome alone; one that still fails is replaced by a failed attempt."""
@@ -240,7 +254,7 @@ class AckerActor(pykka.ThreadingActor):
             try:
                 self._write([fallback])
             except (psycopg.OperationalError, psycopg.InterfaceError):
-                # For example a lock timeout: the batch is retried on the next tick.
+                # For example a lock timeout: the batch is retried later.
                 raise
             except Exception as error:  # noqa: BLE001 - logged, nothing else can be done
                 logger.error(
