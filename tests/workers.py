@@ -296,8 +296,12 @@ class Decoded(Worker[Any], queue=QUICK_QUEUE):
         return codec.decode(base64.b64decode(job.args["encoded"]))
 
 
-class DiscardsWithBytes(Worker[None], queue=QUICK_QUEUE):
-    """Discard the job with a bytes reason, which the row's JSON meta cannot hold."""
+class DiscardsWithNul(Worker[None], queue=QUICK_QUEUE, max_attempts=1):
+    """Discard the job with a reason that contains U+0000, which the row's jsonb meta cannot hold.
+
+    The server rejects every write of this outcome, so the acker records a
+    failed attempt in its place, which discards the job at its only attempt.
+    """
 
     def perform(self, job: Job) -> Discard:
-        return Discard(reason=b"not text")  # type: ignore[arg-type]
+        return Discard(reason="contains \x00")

@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from relay_actors import Error, Instance, JobError, Ok, Reason, Relay
+from relay_actors.actors.acker import RECORD_FAILED_TYPE
 from relay_actors.actors.listener import ListenerActor
 from relay_actors.embedded import EmbeddedServer
 from relay_actors.failures import AttemptLost
@@ -37,7 +38,7 @@ from tests.workers import (
     SLOW_QUEUE,
     AwaitsInner,
     BlocksFirstAttempt,
-    DiscardsWithBytes,
+    DiscardsWithNul,
     Echo,
     FailsOnce,
     Sleep,
@@ -535,7 +536,7 @@ def test_unstorable_outcome_loses_no_other(
     start_instance: Callable[..., Instance], db: psycopg.Connection[Any], prefix: str
 ) -> None:
     instance = start_instance(queues={QUICK_QUEUE: 4})
-    jobs = [DiscardsWithBytes.new({}), *(Echo.new({"value": i}) for i in range(3))]
+    jobs = [DiscardsWithNul.new({}), *(Echo.new({"value": i}) for i in range(3))]
     relays = Relay.async_many(instance.name, jobs)
     # The jobs run at once on an idle local instance.
     timeout = 5.0
@@ -544,8 +545,13 @@ def test_unstorable_outcome_loses_no_other(
     assert results[1:] == [Ok(i) for i in range(3)]
     assert_defined(results[0])
     assert results[0] != Error(Reason.TIMEOUT), "the bad outcome left its job without one"
-    states = [row[0] for row in job_rows(db, prefix, [r.job.id for r in relays]).values()]
+    assert isinstance(results[0], Error)
+    assert isinstance(results[0].reason, JobError)
+    assert results[0].reason.type == RECORD_FAILED_TYPE
+    rows = job_rows(db, prefix, [r.job.id for r in relays])
+    states = [row[0] for row in rows.values()]
     assert "executing" not in states
+    assert rows[relays[0].job.id][0] == "discarded"
     assert_ended_in_time(seconds, timeout)
 
 
