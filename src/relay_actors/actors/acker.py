@@ -11,7 +11,7 @@ import pykka
 from pykka import ThreadingFuture
 
 from relay_actors.actors.attempts import UnrecordedOutcomes
-from relay_actors.actors.inbox import take_queued
+from relay_actors.actors.inbox import ClosableInbox, take_queued
 from relay_actors.actors.messages import AttemptOutcome, Flush, Record, Sync, Tick
 from relay_actors.actors.outcomes import failed_attempt
 from relay_actors.actors.recording import OutcomeWriter
@@ -35,12 +35,11 @@ def send_outcome(
 ) -> None:
     """Send `outcome` to the acker, or give it up so that the job runs again.
 
-    pykka marks an actor stopped before its `on_stop` or `on_failure` takes
-    the queued outcomes, and drops a message that arrives after that. So an
-    acker found stopped right after the send may have lost the outcome. It
-    then goes to the acker that replaced it, if the supervisor has started
-    one, since a second write of the same attempt changes nothing. With no
-    live acker, the outcome leaves `unrecorded`, so that the producer's audit
+    The acker's inbox rejects a `Record` once its `on_stop` or `on_failure`
+    has taken the queued ones, so a `Record` that `tell` accepted is written
+    or given up by that acker. A rejected one goes to the acker that the
+    supervisor started in its place, if there is one yet. With no live
+    acker, the outcome leaves `unrecorded`, so that the producer's audit
     adopts the still executing job, and `sender` names who logs the loss.
     """
     tried: list[pykka.ActorRef[Any]] = []
@@ -53,12 +52,11 @@ def send_outcome(
             ref.tell(Record(outcome))
         except pykka.ActorDeadError:
             continue
-        if ref.is_alive():
-            return
+        return
     unrecorded.discard([(outcome.job_id, outcome.attempt)])
     logger.error(
         "%s could not hand the outcome of job %s attempt %s to the acker, which stopped, so it "
-        "may not be recorded; the job runs again once a producer's audit adopts it, or once "
+        "is not recorded; the job runs again once a producer's audit adopts it, or once "
         "another node rescues it if this node stops",
         sender,
         outcome.job_id,
@@ -78,6 +76,10 @@ class AckerActor(pykka.ThreadingActor):
     """
 
     use_daemon_thread = True
+
+    @staticmethod
+    def _create_actor_inbox() -> ClosableInbox:
+        return ClosableInbox()
 
     def __init__(
         self,
@@ -215,6 +217,9 @@ class AckerActor(pykka.ThreadingActor):
             del self._batch[: len(batch)]
             self._unrecorded.discard([(outcome.job_id, outcome.attempt) for outcome in batch])
             self.recorded += len(batch)
+        # Every outcome is written, so a pause left by an earlier failure
+        # would only hold back the Flush of the next outcome.
+        self._retry_at = 0.0
         for future in self._syncs:
             future.set(None)
         self._syncs.clear()

@@ -11,6 +11,28 @@ import pykka
 MessageT = TypeVar("MessageT")
 
 
+class ClosableInbox(queue.Queue[Any]):
+    """A pykka inbox that rejects `tell` messages once `take_queued` has emptied it.
+
+    pykka would drop such a message after `on_stop` or `on_failure`, while its
+    sender believes it delivered. Here its `tell` raises ActorDeadError
+    instead, so the sender can give the message to another actor. Messages
+    sent with `ask` are still queued, because pykka completes their futures
+    once the actor's thread ends (with ActorDeadError, unless they ask it to stop).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def _put(self, item: Any) -> None:
+        # queue.Queue.put calls this with the mutex held, which take_queued
+        # also holds while it closes the inbox.
+        if self.closed and getattr(item, "reply_to", None) is None:
+            raise pykka.ActorDeadError("the actor stopped and took the messages queued for it")
+        super()._put(item)
+
+
 def take_queued(actor: pykka.Actor, kind: type[MessageT]) -> list[MessageT]:
     """Remove and return the `kind` messages sent with `tell` that wait in `actor`'s inbox.
 
@@ -21,16 +43,18 @@ def take_queued(actor: pykka.Actor, kind: type[MessageT]) -> list[MessageT]:
     other inbox type returns nothing.
 
     A sender that found the actor alive just before it stopped may queue
-    its message after this call, and pykka drops that one. So senders of
-    outcomes check after the send that the actor is still alive: executors
-    then hand the outcome to the acker as well, and `send_outcome` to the
-    acker's replacement, or else gives it up for the producer's audit.
+    its message after this call, and pykka drops that one. A `ClosableInbox`
+    rejects that message instead, because this call closes it. Executors,
+    whose producer has a plain inbox, check after the send that the producer
+    is still alive, and hand the outcome to the acker as well if not.
     """
     inbox = actor.actor_inbox
     if not isinstance(inbox, queue.Queue):
         return []
     matching: list[MessageT] = []
     with inbox.mutex:
+        if isinstance(inbox, ClosableInbox):
+            inbox.closed = True
         others: deque[Any] = deque()
         for envelope in inbox.queue:
             message = getattr(envelope, "message", None)
