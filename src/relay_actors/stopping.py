@@ -41,8 +41,16 @@ def stop_instance(instance: Instance, grace: float | None) -> None:
         try:
             synced = acker.ask(Sync(), timeout=max(1.0, deadline - time.monotonic()))
             synced.get(timeout=max(1.0, deadline - time.monotonic()))
-        except (pykka.Timeout, pykka.ActorDeadError):
-            logger.warning("recording the last outcomes timed out at stop")
+        except pykka.Timeout:
+            logger.warning(
+                "recording the last outcomes timed out at stop", extra={"action": "record_failed"}
+            )
+        except pykka.ActorDeadError as error:
+            logger.warning(
+                "recording the last outcomes failed at stop: %s",
+                error,
+                extra={"action": "record_failed"},
+            )
     instance._ticker_done.set()
     if instance._ticker is not None:
         instance._ticker.join()

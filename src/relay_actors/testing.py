@@ -97,3 +97,8 @@ def _wait_for_acker(acker: pykka.ActorRef[Any] | None, instance: str) -> None:
             f"outcomes of the drained jobs were not recorded within {RECORD_TIMEOUT_SECONDS} s; "
             "check that the database is reachable"
         ) from None
+    except pykka.ActorDeadError as error:
+        raise RelayError(
+            f"outcomes of the drained jobs were not recorded: {error}; check that the database "
+            "is reachable and the instance is not stopping"
+        ) from None

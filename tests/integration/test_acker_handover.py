@@ -189,3 +189,46 @@ def test_outcome_written_by_stopping_acker_not_lost(
     lost = [record for record in caplog.records if getattr(record, "action", "") == "record_lost"]
     assert [record.getMessage() for record in lost] == []
 
+
+def test_sync_fails_when_acker_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    database_dsn: str,
+    prefix: str,
+) -> None:
+    """A Sync waiting for outcomes that the stopping acker gives up on fails at once.
+
+    The job's row stays locked, so every write of its outcome times out,
+    including the final one in on_stop. The Sync's caller then gets
+    ActorDeadError instead of waiting for its own timeout.
+    """
+    monkeypatch.setattr(connect, "STATEMENT_TIMEOUT_MS", LOCK_WAIT_MS)
+    caller = start_instance(queues={})
+    (job_id,) = executing_jobs(db, prefix, caller, 1)
+    acker = AckerActor.start(
+        dsn=database_dsn,
+        prefix=prefix,
+        node_id=caller.node_id,
+        insert_channel=f"{prefix}_unused",
+    )
+    locker = psycopg.connect(database_dsn)
+    try:
+        locker.execute(
+            sql.SQL("SELECT id FROM {} WHERE id = %s FOR UPDATE").format(
+                sql.Identifier(prefix, "jobs")
+            ),
+            (job_id,),
+        )
+        acker.tell(Record(done(job_id, caller.node_id)))
+        synced = acker.ask(Sync(), timeout=RESULT_TIMEOUT)
+        acker.stop()
+
+        started = time.monotonic()
+        with pytest.raises(pykka.ActorDeadError):
+            synced.get(timeout=RESULT_TIMEOUT)
+        assert time.monotonic() - started < RESULT_TIMEOUT / 2
+    finally:
+        locker.rollback()
+        locker.close()
+    assert job_state(db, prefix, job_id) == "executing"

@@ -138,8 +138,18 @@ class AckerActor(pykka.ThreadingActor):
         self._close()
 
     def _give_up(self) -> None:
-        """Drop the outcomes left in the batch, so that a producer's audit may adopt their jobs."""
+        """Drop the outcomes left in the batch, so that a producer's audit may adopt their jobs.
+
+        Callers waiting on a Sync get ActorDeadError, because this acker will
+        never write those outcomes.
+        """
         self._unrecorded.discard([(outcome.job_id, outcome.attempt) for outcome in self._batch])
+        error = pykka.ActorDeadError(
+            f"the acker stopped with {len(self._batch)} outcomes not recorded"
+        )
+        for future in self._syncs:
+            future.set_exception(exc_info=(type(error), error, None))
+        self._syncs.clear()
         self._batch.clear()
 
     def _close(self) -> None:
