@@ -409,3 +409,51 @@ def test_acker_stop_not_delayed_by_ticks(
     assert stop_seconds < 2 * LOCK_WAIT_MS / 1000 + 0.5
     # Two failed writes before the stop, the one in progress and the final one.
     assert failed_writes <= 4
+
+
+def test_outcome_kept_without_acker(
+    short_statement_timeout: None,
+    start_instance: Callable[..., Instance],
+    new_gate: Callable[[], str],
+    db: psycopg.Connection[Any],
+    database_dsn: str,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A producer whose write failed while no acker runs keeps the outcome for its next claim.
+
+    The acker is gone, as in the second before the supervisor replaces a
+    crashed one, and another session locks the job's row, so the producer's
+    write of the outcome times out. The producer must keep the outcome and
+    write it once the lock goes, instead of giving it up to the audit, which
+    would run the job a second time.
+    """
+    caller = start_instance(queues={})
+    worker = start_instance(queues={QUICK_QUEUE: 2}, **FAST_AUDIT)
+    worker._supervisor.stop_child("acker")
+    gate = new_gate()
+    relay = Relay.async_(caller.name, WaitsOnFirstRun.new({"gate": gate}))
+    job_id = relay.job.id
+    assert job_id is not None
+    wait_until(lambda: RUNS[job_id] == 1, timeout=RESULT_TIMEOUT, message="the job never ran")
+
+    with rows_locked(database_dsn, prefix, [job_id]):
+        GATES[gate].set()
+        wait_until(
+            lambda: logged(caplog, "relay_actors.producer", "claim_failed") >= 1,
+            timeout=RESULT_TIMEOUT,
+            message="the producer's write never timed out on the locked row",
+        )
+        assert logged(caplog, "relay_actors.acker", "record_lost") == 0
+        assert len(worker.unrecorded) == 1
+
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("done")
+    assert job_state(db, prefix, job_id) == "completed"
+    assert RUNS[job_id] == 1
+    assert worker.statistics()[f"producer {QUICK_QUEUE}"]["adopted"] == 0
+    assert logged(caplog, "relay_actors.acker", "record_lost") == 0
+    wait_until(
+        lambda: len(worker.unrecorded) == 0,
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
+    )

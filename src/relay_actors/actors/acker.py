@@ -31,9 +31,17 @@ RECORD_FAILED_TYPE = f"{RecordFailed.__module__}.{RecordFailed.__qualname__}"
 
 
 def send_outcome(
-    acker: ActorSlot, outcome: AttemptOutcome, unrecorded: UnrecordedOutcomes, sender: str
-) -> None:
-    """Send `outcome` to the acker, or give it up so that the job runs again.
+    acker: ActorSlot,
+    outcome: AttemptOutcome,
+    unrecorded: UnrecordedOutcomes,
+    sender: str,
+    *,
+    give_up: bool = True,
+) -> bool:
+    """Send `outcome` to the acker; return False if no acker took it.
+
+    With `give_up` False, a sender that can keep the outcome, and write it
+    later itself, gets False and nothing else happens.
 
     The acker's inbox rejects a `Record` once its `on_stop` or `on_failure`
     has taken the queued ones, so a `Record` that `tell` accepted is written
@@ -52,7 +60,9 @@ def send_outcome(
             ref.tell(Record(outcome))
         except pykka.ActorDeadError:
             continue
-        return
+        return True
+    if not give_up:
+        return False
     unrecorded.discard([(outcome.job_id, outcome.attempt)])
     logger.error(
         "%s could not hand the outcome of job %s attempt %s to the acker, which stopped, so it "
@@ -63,6 +73,7 @@ def send_outcome(
         outcome.attempt,
         extra={"action": "record_lost", "job_id": outcome.job_id},
     )
+    return False
 
 
 class AckerActor(pykka.ThreadingActor):

@@ -383,7 +383,7 @@ class ProducerActor(pykka.ThreadingActor):
             )
             self._rows.close()
             self._outcomes = outcomes + self._outcomes
-            self._hand_to_acker()
+            self._hand_to_acker(keep_unsent=True)
             self._settle_drain()
             return
         self._unrecorded.discard([(outcome.job_id, outcome.attempt) for outcome in outcomes])
@@ -396,8 +396,18 @@ class ProducerActor(pykka.ThreadingActor):
             self._dispatch()
         self._settle_drain()
 
-    def _hand_to_acker(self) -> None:
-        """Send the outcomes not yet recorded to the acker, which records and retries them."""
+    def _hand_to_acker(self, *, keep_unsent: bool = False) -> None:
+        """Send the outcomes not yet recorded to the acker, which records and retries them.
+
+        With `keep_unsent`, outcomes that no acker took, for example while
+        the supervisor replaces a crashed one, stay for this producer's next
+        claim. Else they are given up, and their jobs run again.
+        """
         outcomes, self._outcomes = self._outcomes, []
+        sender = f"producer {self._queue}"
         for outcome in outcomes:
-            send_outcome(self._acker, outcome, self._unrecorded, f"producer {self._queue}")
+            sent = send_outcome(
+                self._acker, outcome, self._unrecorded, sender, give_up=not keep_unsent
+            )
+            if not sent and keep_unsent:
+                self._outcomes.append(outcome)
