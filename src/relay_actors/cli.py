@@ -239,6 +239,13 @@ def run_worker(args: argparse.Namespace) -> int:
     for option, dsn in (("--dsn", args.dsn), ("--listen-dsn", args.listen_dsn)):
         if dsn is not None and dsn != "embedded" and not _is_valid_dsn(option, dsn):
             return 2
+    if args.dsn == "embedded":
+        logger.warning(
+            "--dsn embedded starts a private PostgreSQL server whose address no other "
+            "process has, so this node runs no job that a caller elsewhere inserts; give the "
+            "DSN of a shared server instead",
+            extra={"action": "private_server"},
+        )
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

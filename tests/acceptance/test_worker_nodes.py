@@ -146,3 +146,11 @@ def test_unreachable_database_other_commands(
     assert purpose in finished.stderr
     assert "does not exist" in finished.stderr
     assert "Traceback" not in finished.stderr
+
+
+def test_node_on_private_server_warns(start_node: Callable[..., NodeProcess]) -> None:
+    """A worker given --dsn embedded runs, and warns that no other process reaches its server."""
+    node = start_node({QUICK_QUEUE: 1}, dsn="embedded")
+
+    assert node.terminate() == 0
+    assert "--dsn embedded starts a private PostgreSQL server" in node.stderr()
