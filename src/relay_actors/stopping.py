@@ -61,6 +61,14 @@ def stop_instance(instance: Instance, grace: float | None) -> None:
     _forget_node(instance)
     instance.pool.close()
     instance._on_stop(instance)
+    if instance._ticker is None:
+        # Its start failed, and the caller of start() gets that error.
+        logger.info(
+            "instance %s closed what it had opened before its start failed",
+            instance.name,
+            extra={"action": "instance_stop"},
+        )
+        return
     logger.info("instance %s stopped", instance.name, extra={"action": "instance_stop"})
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -293,3 +295,22 @@ def test_stop_during_inserts_closes_connections(
         timeout=CLEANUP_TIMEOUT,
         message=lambda: f"connections left after stop: {_connections(db, executing.node_id)}",
     )
+
+
+def test_failed_start_not_logged_as_stop(
+    start_instance: Callable[..., Instance], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start that fails to connect logs its cleanup, not a stop of a running instance."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as unused:
+        # Bound but never listening, so every connection to it is refused.
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        with caplog.at_level(logging.INFO, logger="relay_actors.instance"):
+            with pytest.raises(psycopg.OperationalError):
+                start_instance(dsn=f"postgresql://postgres@127.0.0.1:{port}/test")
+
+    messages = [
+        record.getMessage() for record in caplog.records if record.name == "relay_actors.instance"
+    ]
+    assert any("before its start failed" in message for message in messages), messages
+    assert not any(message.endswith(" stopped") for message in messages), messages
