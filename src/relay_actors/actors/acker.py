@@ -40,15 +40,14 @@ def send_outcome(
 ) -> bool:
     """Send `outcome` to the acker; return False if no acker took it.
 
-    With `give_up` False, a sender that can keep the outcome, and write it
-    later itself, gets False and nothing else happens.
-
     The acker's inbox rejects a `Record` once its `on_stop` or `on_failure`
     has taken the queued ones, so a `Record` that `tell` accepted is written
     or given up by that acker. A rejected one goes to the acker that the
     supervisor started in its place, if there is one yet. With no live
-    acker, the outcome leaves `unrecorded`, so that the producer's audit
-    adopts the still executing job, and `sender` names who logs the loss.
+    acker and `give_up` True, the outcome leaves `unrecorded`, so that the
+    producer's audit adopts the still executing job, and the logged error
+    names `sender`. A sender that can keep the outcome and write it later
+    passes `give_up` False.
     """
     tried: list[pykka.ActorRef[Any]] = []
     while True:
@@ -83,7 +82,8 @@ class AckerActor(pykka.ThreadingActor):
     under load several jobs share one WAL flush and one NOTIFY per caller
     node. The row update and the notifications commit in one transaction, so a
     result is announced only if it was recorded. A failed write keeps the
-    batch and retries on the first tick `RETRY_SECONDS` later.
+    batch and retries on the first tick `RETRY_SECONDS` later. A stopping
+    acker writes once more, then gives up what is left.
     """
 
     use_daemon_thread = True
@@ -120,7 +120,8 @@ class AckerActor(pykka.ThreadingActor):
             self._flush()
         if self._batch:
             logger.error(
-                "%d job outcomes not recorded at stop; those jobs stay executing until rescued",
+                "%d job outcomes not recorded at stop; those jobs run again once a producer's "
+                "audit adopts them, or once another node rescues them if this node stops",
                 len(self._batch),
                 extra={"action": "record_lost"},
             )
