@@ -21,7 +21,7 @@ from relay_actors.instances import start
 from relay_actors.names import validate_prefix
 from relay_actors.relay import Relay
 from relay_actors.status import SchemaNotMigrated, read_status, status_to_json, status_to_text
-from relay_actors.store.connect import DSN_VARIABLES, server_address
+from relay_actors.store.connect import resolve_dsn, server_address
 from relay_actors.store.migrations import LATEST_VERSION, migrate
 
 logger = logging.getLogger("relay_actors.cli")
@@ -42,13 +42,10 @@ _PURPOSES = {
 
 def _given_dsn(option: str | None) -> str:
     """Return the DSN of `--dsn`, else of the first DSN variable set, else ""."""
-    if option:
-        return option
-    for name in DSN_VARIABLES:
-        value = os.environ.get(name)
-        if value:
-            return value
-    return ""
+    try:
+        return resolve_dsn(option)
+    except ConfigurationError:
+        return ""
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -53,9 +53,11 @@ def start_actors(instance: Instance) -> None:
             },
         )
     instance._registered = True
+
     options = instance.options
     common = {"dsn": instance.dsn, "prefix": instance.prefix, "node_id": instance.node_id}
     start = instance._supervisor.start_child
+
     acker = start(
         "acker",
         lambda: AckerActor.start(
@@ -71,6 +73,7 @@ def start_actors(instance: Instance) -> None:
             _producer_factory(instance, queue, size, acker, common),
             on_start=_producer_registrar(instance, queue),
         )
+
     poller = start(
         "poller",
         lambda: ResultPollerActor.start(
@@ -92,6 +95,7 @@ def start_actors(instance: Instance) -> None:
             **common,
         ),
     )
+
     if instance.queues:
         start(
             "stager",
@@ -105,6 +109,7 @@ def start_actors(instance: Instance) -> None:
                 max_age=options.prune_after, interval=options.prune_interval, **common
             ),
         )
+
     listener = start(
         "listener",
         lambda: ListenerActor.start(
@@ -125,6 +130,7 @@ def start_actors(instance: Instance) -> None:
         raise RelayError(
             f"instance {instance.name!r}: the listener could not connect to PostgreSQL"
         )
+
     instance._ticker = threading.Thread(
         target=_tick_loop,
         args=(instance,),

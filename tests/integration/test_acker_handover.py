@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -18,27 +17,23 @@ from relay_actors import Instance, Relay
 from relay_actors.actors.acker import RETRY_SECONDS, AckerActor, send_outcome
 from relay_actors.actors.inbox import ClosableInbox, take_queued
 from relay_actors.actors.messages import AttemptOutcome, Record, Sync, Tick
-from relay_actors.actors.outcomes import from_return
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.store import connect
 from tests.conftest import job_state, wait_until
+from tests.integration.test_fault_adoption import LOCK_WAIT_MS, logged, rows_locked
+from tests.integration.test_send_outcome import running_job_with_outcome
 from tests.restarts import only_actor
 from tests.workers import SLOW_QUEUE, WaitsForFile
 
 RESULT_TIMEOUT = 10.0
-# Statement timeout in milliseconds of the acker's connection, so that a write
-# that waits for a locked row fails after half a second.
-LOCK_WAIT_MS = 500
-# Seconds a WaitsForFile job waits for its file before it gives up.
-JOB_SECONDS = 60
 
 
 class StopsAfterTell:
-    """An acker ref that stops its actor after queueing a message, before the sender checks it.
+    """An acker ref that stops its actor right after queueing a message.
 
-    This is the interleaving where the acker stops between the sender's
-    `tell` and its `is_alive` check, so the acker's `on_stop` takes the
-    queued outcome and writes it.
+    This is the interleaving where the acker stops just after the sender's
+    `tell` returned, so the acker's `on_stop` takes the queued outcome and
+    writes it.
     """
 
     def __init__(self, ref: pykka.ActorRef[Any]) -> None:
@@ -54,7 +49,7 @@ class StopsAfterTell:
 
 def test_acker_inbox_rejects_tell_after_take() -> None:
     """Once on_stop took the queued Records, a tell raises instead of being dropped."""
-    acker = AckerActor(dsn="", prefix="relay_review", node_id="node", insert_channel="inserts")
+    acker = AckerActor(dsn="", prefix="relay_handover", node_id="node", insert_channel="inserts")
     queued = AttemptOutcome(job_id=1, attempt=1, state="completed", status="ok")
     late = AttemptOutcome(job_id=2, attempt=1, state="completed", status="ok")
     acker.actor_ref.tell(Record(queued))
@@ -106,32 +101,15 @@ def test_acker_writes_after_successful_sync(
     monkeypatch.setattr(connect, "STATEMENT_TIMEOUT_MS", LOCK_WAIT_MS)
     caller = start_instance(queues={})
     first, second = executing_jobs(db, prefix, caller, 2)
-    acker = AckerActor.start(
-        dsn=database_dsn,
-        prefix=prefix,
-        node_id=caller.node_id,
-        insert_channel=f"{prefix}_unused",
-    )
+    acker = start_acker(database_dsn, prefix, caller)
     try:
-        locker = psycopg.connect(database_dsn)
-        try:
-            locker.execute(
-                sql.SQL("SELECT id FROM {} WHERE id = %s FOR UPDATE").format(
-                    sql.Identifier(prefix, "jobs")
-                ),
-                (first,),
-            )
+        with rows_locked(database_dsn, prefix, [first]):
             acker.tell(Record(done(first, caller.node_id)))
             wait_until(
-                lambda: any(
-                    getattr(record, "action", "") == "record_failed" for record in caplog.records
-                ),
+                lambda: logged(caplog, "relay_actors.acker", "record_failed") >= 1,
                 timeout=RESULT_TIMEOUT,
                 message="the acker's write never timed out on the locked row",
             )
-        finally:
-            locker.rollback()
-            locker.close()
         # The acker replies with a future that resolves once the batch is written.
         synced = acker.ask(Sync(), timeout=RESULT_TIMEOUT)
         assert synced.get(timeout=RESULT_TIMEOUT) is None
@@ -156,6 +134,16 @@ def done(job_id: int, node_id: str) -> AttemptOutcome:
     return AttemptOutcome(job_id=job_id, attempt=1, state="completed", status="ok", node=node_id)
 
 
+def start_acker(database_dsn: str, prefix: str, instance: Instance) -> pykka.ActorRef[Any]:
+    """Start an acker of `instance`'s node outside its supervision, which the test must stop."""
+    return AckerActor.start(
+        dsn=database_dsn,
+        prefix=prefix,
+        node_id=instance.node_id,
+        insert_channel=f"{prefix}_unused",
+    )
+
+
 def test_outcome_written_by_stopping_acker_not_lost(
     start_instance: Callable[..., Instance],
     db: psycopg.Connection[Any],
@@ -166,22 +154,13 @@ def test_outcome_written_by_stopping_acker_not_lost(
     """An outcome that the stopping acker took from its inbox and wrote is not logged as lost."""
     instance = start_instance(queues={SLOW_QUEUE: 1})
     release = tmp_path / "release"
-    relay = Relay.async_(
-        instance.name, WaitsForFile.new({"path": str(release), "seconds": JOB_SECONDS})
-    )
-    wait_until(
-        lambda: job_state(db, prefix, relay.job.id) == "executing",
-        timeout=RESULT_TIMEOUT,
-        message="the job never started",
-    )
-    job = dataclasses.replace(relay.job, attempt=1)
-    outcome = from_return(job, "sent late", prefix, instance.node_id)
+    relay, outcome = running_job_with_outcome(instance, db, prefix, release)
     acker = only_actor(AckerActor)
     instance.unrecorded.add(outcome.job_id, outcome.attempt)
     slot = ActorSlot(StopsAfterTell(acker))  # type: ignore[arg-type]
 
     with caplog.at_level(logging.ERROR, logger="relay_actors.acker"):
-        send_outcome(slot, outcome, instance.unrecorded, "review sender")
+        send_outcome(slot, outcome, instance.unrecorded, "test sender")
 
     # The job's own attempt still waits for its file, so only the stopped acker wrote this.
     assert job_state(db, prefix, relay.job.id) == "completed"
@@ -206,20 +185,8 @@ def test_sync_fails_when_acker_gives_up(
     monkeypatch.setattr(connect, "STATEMENT_TIMEOUT_MS", LOCK_WAIT_MS)
     caller = start_instance(queues={})
     (job_id,) = executing_jobs(db, prefix, caller, 1)
-    acker = AckerActor.start(
-        dsn=database_dsn,
-        prefix=prefix,
-        node_id=caller.node_id,
-        insert_channel=f"{prefix}_unused",
-    )
-    locker = psycopg.connect(database_dsn)
-    try:
-        locker.execute(
-            sql.SQL("SELECT id FROM {} WHERE id = %s FOR UPDATE").format(
-                sql.Identifier(prefix, "jobs")
-            ),
-            (job_id,),
-        )
+    acker = start_acker(database_dsn, prefix, caller)
+    with rows_locked(database_dsn, prefix, [job_id]):
         acker.tell(Record(done(job_id, caller.node_id)))
         synced = acker.ask(Sync(), timeout=RESULT_TIMEOUT)
         acker.stop()
@@ -228,7 +195,4 @@ def test_sync_fails_when_acker_gives_up(
         with pytest.raises(pykka.ActorDeadError):
             synced.get(timeout=RESULT_TIMEOUT)
         assert time.monotonic() - started < RESULT_TIMEOUT / 2
-    finally:
-        locker.rollback()
-        locker.close()
     assert job_state(db, prefix, job_id) == "executing"

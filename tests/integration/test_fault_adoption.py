@@ -27,6 +27,7 @@ from relay_actors.actors.acker import RECORD_FAILED_TYPE
 from relay_actors.actors.producer import ProducerActor
 from relay_actors.store import connect
 from tests.conftest import job_state, wait_until
+from tests.integration.test_lost_claim_reply import FAST_AUDIT
 from tests.integration.test_missed_signals import read_job
 from tests.restarts import only_actor, wait_for_restart
 from tests.workers import QUICK_QUEUE, SLOW_QUEUE
@@ -35,9 +36,6 @@ RESULT_TIMEOUT = 10.0
 # Statement timeout in milliseconds of the connections that instances open,
 # so that a write that waits for a locked row fails after half a second.
 LOCK_WAIT_MS = 500
-# Audits run every rescue_after seconds, so a job is adopted 1 to 2 s after
-# the node stopped accounting for it.
-FAST_AUDIT = {"heartbeat_interval": 0.2, "rescue_after": 1.0, "poll_interval": 0.2}
 # A jsonb value cannot contain the character U+0000, so the server rejects
 # every write of an outcome whose row meta would get this reason.
 UNSTORABLE_REASON = "contains \x00, which jsonb rejects"
@@ -145,6 +143,26 @@ def logged(caplog: pytest.LogCaptureFixture, logger: str, action: str) -> int:
     )
 
 
+def start_gated_job(
+    caller: Instance, worker_class: type[Worker[Any]], gate: str
+) -> tuple[Relay[Any], int]:
+    """Insert a job of `worker_class` that waits for `gate`; return it and its id once it runs."""
+    relay = Relay.async_(caller.name, worker_class.new({"gate": gate}))
+    job_id = relay.job.id
+    assert job_id is not None
+    wait_until(lambda: RUNS[job_id] == 1, timeout=RESULT_TIMEOUT, message="the job never ran")
+    return relay, job_id
+
+
+def wait_until_all_recorded(instance: Instance) -> None:
+    """Wait until no outcome of `instance`'s node is listed as unwritten."""
+    wait_until(
+        lambda: len(instance.unrecorded) == 0,
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"{len(instance.unrecorded)} outcomes still listed as unwritten",
+    )
+
+
 def test_acker_stop_outcome_adopted(
     short_statement_timeout: None,
     start_instance: Callable[..., Instance],
@@ -165,10 +183,7 @@ def test_acker_stop_outcome_adopted(
     caller = start_instance(queues={})
     worker = start_instance(queues={QUICK_QUEUE: 2}, **FAST_AUDIT)
     gate = new_gate()
-    relay = Relay.async_(caller.name, WaitsOnFirstRun.new({"gate": gate}))
-    job_id = relay.job.id
-    assert job_id is not None
-    wait_until(lambda: RUNS[job_id] == 1, timeout=RESULT_TIMEOUT, message="the job never ran")
+    relay, job_id = start_gated_job(caller, WaitsOnFirstRun, gate)
 
     with rows_locked(database_dsn, prefix, [job_id]):
         GATES[gate].set()
@@ -192,11 +207,7 @@ def test_acker_stop_outcome_adopted(
     assert row["attempt"] == 1
     assert RUNS[job_id] == 2
     assert worker.statistics()[f"producer {QUICK_QUEUE}"]["adopted"] == 1
-    wait_until(
-        lambda: len(worker.unrecorded) == 0,
-        timeout=RESULT_TIMEOUT,
-        message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
-    )
+    wait_until_all_recorded(worker)
 
 
 def test_acker_fallback_retried_after_lock(
@@ -219,10 +230,7 @@ def test_acker_fallback_retried_after_lock(
     caller = start_instance(queues={})
     worker = start_instance(queues={QUICK_QUEUE: 2}, poll_interval=0.2)
     gate = new_gate()
-    relay = Relay.async_(caller.name, UnstorableFirstAttempt.new({"gate": gate}))
-    job_id = relay.job.id
-    assert job_id is not None
-    wait_until(lambda: RUNS[job_id] == 1, timeout=RESULT_TIMEOUT, message="the job never ran")
+    relay, job_id = start_gated_job(caller, UnstorableFirstAttempt, gate)
 
     with rows_locked(database_dsn, prefix, [job_id]):
         GATES[gate].set()
@@ -251,11 +259,7 @@ def test_acker_fallback_retried_after_lock(
     assert error["attempt"] == 1
     assert "could not be recorded" in error["message"]
     assert logged(caplog, "relay_actors.acker", "record_lost") == 0
-    wait_until(
-        lambda: len(worker.unrecorded) == 0,
-        timeout=RESULT_TIMEOUT,
-        message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
-    )
+    wait_until_all_recorded(worker)
     assert worker.statistics()["acker"]["recorded"] == 1
 
 
@@ -360,11 +364,7 @@ def test_failed_unclaim_jobs_adopted(
         assert relay.job.id is not None
         assert RUNS[relay.job.id] == 1
     assert producer_figures()["adopted"] == 2
-    wait_until(
-        lambda: len(worker.unrecorded) == 0,
-        timeout=RESULT_TIMEOUT,
-        message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
-    )
+    wait_until_all_recorded(worker)
 
 
 def test_acker_stop_not_delayed_by_ticks(
@@ -385,10 +385,7 @@ def test_acker_stop_not_delayed_by_ticks(
     caller = start_instance(queues={})
     worker = start_instance(queues={QUICK_QUEUE: 2}, poll_interval=0.2)
     gate = new_gate()
-    relay = Relay.async_(caller.name, WaitsOnFirstRun.new({"gate": gate}))
-    job_id = relay.job.id
-    assert job_id is not None
-    wait_until(lambda: RUNS[job_id] == 1, timeout=RESULT_TIMEOUT, message="the job never ran")
+    _, job_id = start_gated_job(caller, WaitsOnFirstRun, gate)
 
     with rows_locked(database_dsn, prefix, [job_id]):
         GATES[gate].set()
@@ -432,10 +429,7 @@ def test_outcome_kept_without_acker(
     worker = start_instance(queues={QUICK_QUEUE: 2}, **FAST_AUDIT)
     worker._supervisor.stop_child("acker")
     gate = new_gate()
-    relay = Relay.async_(caller.name, WaitsOnFirstRun.new({"gate": gate}))
-    job_id = relay.job.id
-    assert job_id is not None
-    wait_until(lambda: RUNS[job_id] == 1, timeout=RESULT_TIMEOUT, message="the job never ran")
+    relay, job_id = start_gated_job(caller, WaitsOnFirstRun, gate)
 
     with rows_locked(database_dsn, prefix, [job_id]):
         GATES[gate].set()
@@ -452,8 +446,4 @@ def test_outcome_kept_without_acker(
     assert RUNS[job_id] == 1
     assert worker.statistics()[f"producer {QUICK_QUEUE}"]["adopted"] == 0
     assert logged(caplog, "relay_actors.acker", "record_lost") == 0
-    wait_until(
-        lambda: len(worker.unrecorded) == 0,
-        timeout=RESULT_TIMEOUT,
-        message=lambda: f"{len(worker.unrecorded)} outcomes still listed as unwritten",
-    )
+    wait_until_all_recorded(worker)

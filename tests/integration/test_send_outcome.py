@@ -15,15 +15,15 @@ import pytest
 from relay_actors import Instance, Ok, Relay
 from relay_actors.actors.acker import AckerActor, send_outcome
 from relay_actors.actors.attempts import UnrecordedOutcomes
+from relay_actors.actors.messages import AttemptOutcome
 from relay_actors.actors.outcomes import from_return
 from relay_actors.actors.slot import ActorSlot
 from tests.conftest import job_state, wait_until
+from tests.integration.test_restart_outcomes import start_waiting_job
 from tests.restarts import only_actor, wait_for_restart
-from tests.workers import SLOW_QUEUE, WaitsForFile
+from tests.workers import SLOW_QUEUE
 
 RESULT_TIMEOUT = 10.0
-# Seconds a WaitsForFile job waits for its file before it gives up.
-JOB_SECONDS = 60
 
 
 class SwappedSlot(ActorSlot):
@@ -34,12 +34,25 @@ class SwappedSlot(ActorSlot):
         self._later = later
         self._reads = 0
 
-    @property  # type: ignore[override]
+    @property  # type: ignore[misc]
     def ref(self) -> pykka.ActorRef[Any] | None:
         self._reads += 1
         if self._reads == 1:
             return super().ref
         return self._later.ref
+
+
+def running_job_with_outcome(
+    instance: Instance, db: psycopg.Connection[Any], prefix: str, release: Path
+) -> tuple[Relay[str], AttemptOutcome]:
+    """Start a job that runs until `release` exists; return it and an outcome "sent late" of it.
+
+    The job's own attempt cannot end before the test creates `release`, so
+    only the outcome that the test sends can complete the row until then.
+    """
+    relay = start_waiting_job(instance, db, prefix, release)
+    job = dataclasses.replace(relay.job, attempt=1)
+    return relay, from_return(job, "sent late", prefix, instance.node_id)
 
 
 def test_outcome_given_up_without_live_acker(
@@ -52,14 +65,7 @@ def test_outcome_given_up_without_live_acker(
     """An outcome sent to a stopped acker, with no replacement, leaves the unrecorded set."""
     instance = start_instance(queues={SLOW_QUEUE: 1})
     release = tmp_path / "release"
-    relay = Relay.async_(instance.name, WaitsForFile.new({"path": str(release), "seconds": 60}))
-    wait_until(
-        lambda: job_state(db, prefix, relay.job.id) == "executing",
-        timeout=RESULT_TIMEOUT,
-        message="the job never started",
-    )
-    job = dataclasses.replace(relay.job, attempt=1)
-    outcome = from_return(job, "sent late", prefix, instance.node_id)
+    _, outcome = running_job_with_outcome(instance, db, prefix, release)
     acker = only_actor(AckerActor)
     acker.stop()
     unrecorded = UnrecordedOutcomes()
@@ -84,16 +90,7 @@ def test_outcome_goes_to_replacement_acker(
     """An outcome whose acker stopped goes to the acker that the supervisor started."""
     instance = start_instance(queues={SLOW_QUEUE: 1})
     release = tmp_path / "release"
-    relay = Relay.async_(
-        instance.name, WaitsForFile.new({"path": str(release), "seconds": JOB_SECONDS})
-    )
-    wait_until(
-        lambda: job_state(db, prefix, relay.job.id) == "executing",
-        timeout=RESULT_TIMEOUT,
-        message="the job never started",
-    )
-    job = dataclasses.replace(relay.job, attempt=1)
-    outcome = from_return(job, "sent late", prefix, instance.node_id)
+    relay, outcome = running_job_with_outcome(instance, db, prefix, release)
     stopped = only_actor(AckerActor)
     stopped.stop()
     wait_for_restart(instance, "acker")
