@@ -154,6 +154,28 @@ def start_gated_job(
     return relay, job_id
 
 
+def retry_now(conn: psycopg.Connection[Any], schema: str, job_id: int) -> None:
+    """Wait until the job is retryable after the default backoff, then make its retry due.
+
+    The first failed attempt waits at least 15 s plus 2 s (see
+    `relay_actors.backoff`). The test moves the retry to now, so the stager
+    makes the job available on its next run.
+    """
+    wait_until(
+        lambda: job_state(conn, schema, job_id) == "retryable",
+        timeout=RESULT_TIMEOUT,
+        message=lambda: f"job {job_id} is {job_state(conn, schema, job_id)}, not retryable",
+    )
+    jobs = sql.Identifier(schema, "jobs")
+    query = sql.SQL("SELECT scheduled_at - now() FROM {} WHERE id = %s").format(jobs)
+    row = conn.execute(query, (job_id,)).fetchone()
+    assert row is not None
+    wait = row[0].total_seconds()
+    assert wait > 15.0, f"the retry of job {job_id} is due in {wait:.1f} s, before its backoff"
+    due_now = sql.SQL("UPDATE {} SET scheduled_at = now() WHERE id = %s").format(jobs)
+    conn.execute(due_now, (job_id,))
+
+
 def wait_until_all_recorded(instance: Instance) -> None:
     """Wait until no outcome of `instance`'s node is listed as unwritten."""
     wait_until(
@@ -225,7 +247,8 @@ def test_acker_fallback_retried_after_lock(
     replaces it with a failed attempt. Another session locks the job's row,
     so the write of that failed attempt times out, and the acker keeps its
     batch for the next tick. Once the lock is gone, a tick writes the failed
-    attempt, and the job's second attempt completes.
+    attempt, with its retry after the default backoff. Once the test makes
+    that retry due, the job's second attempt completes.
     """
     caller = start_instance(queues={})
     worker = start_instance(queues={QUICK_QUEUE: 2}, poll_interval=0.2)
@@ -246,6 +269,7 @@ def test_acker_fallback_retried_after_lock(
         assert locked_row["errors"] == []
         assert len(worker.unrecorded) == 1
 
+    retry_now(db, prefix, job_id)
     result = Relay.await_(relay, timeout=RESULT_TIMEOUT, with_retries=True)
     assert result == Ok("done")
     row = read_job(db, prefix, job_id)
@@ -272,7 +296,8 @@ def test_acker_fallback_stops_at_max_attempts(
     """A job whose every outcome is unstorable runs max_attempts times, then is discarded.
 
     The failed attempt that replaces each outcome counts like any failed
-    attempt, so the last one discards the job and its caller gets a final error.
+    attempt: the job waits its backoff before the next attempt, and the last
+    attempt discards the job, so its caller gets a final error.
     """
     caller = start_instance(queues={})
     start_instance(queues={QUICK_QUEUE: 2}, poll_interval=0.2)
@@ -280,6 +305,8 @@ def test_acker_fallback_stops_at_max_attempts(
     job_id = relay.job.id
     assert job_id is not None
 
+    retry_now(db, prefix, job_id)
+    assert RUNS[job_id] == 1
     result = Relay.await_(relay, timeout=RESULT_TIMEOUT, with_retries=True)
     assert isinstance(result, Error)
     assert isinstance(result.reason, JobError)

@@ -16,6 +16,7 @@ from relay_actors.actors.messages import AttemptOutcome, Flush, Record, Sync, Ti
 from relay_actors.actors.outcomes import failed_attempt
 from relay_actors.actors.recording import OutcomeWriter
 from relay_actors.actors.slot import ActorSlot
+from relay_actors.backoff import default_backoff
 from relay_actors.failures import RecordFailed
 from relay_actors.store.connect import connect
 from relay_actors.store.statements import statements_for
@@ -262,7 +263,9 @@ class AckerActor(pykka.ThreadingActor):
             except Exception as error:  # noqa: BLE001 - replaced by a failed attempt below
                 # The failed attempt counts, so a job whose outcomes can never
                 # be written is discarded at its last attempt. An outcome that
-                # carries no limit leaves its job retryable.
+                # carries no limit leaves its job retryable. The retry waits
+                # like any failed attempt's, so such a job does not run its
+                # attempts back to back.
                 max_attempts = outcome.max_attempts
                 if max_attempts is None:
                     max_attempts = outcome.attempt + 1
@@ -276,7 +279,7 @@ class AckerActor(pykka.ThreadingActor):
                     trace="",
                     node_id=outcome.node or self._node_id,
                     relay=outcome.relay,
-                    delay=0.0,
+                    delay=_fallback_delay(outcome),
                 )
             try:
                 self._write([fallback])
@@ -296,3 +299,14 @@ class AckerActor(pykka.ThreadingActor):
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn, "acker", self._node_id)
         self._writer.write(self._conn, outcomes)
+
+
+def _fallback_delay(outcome: AttemptOutcome) -> float:
+    """Return the delay before the retry that a failed attempt replacing `outcome` allows.
+
+    A failed attempt's own outcome already carries its worker's backoff. Any
+    other outcome gets the default backoff of its attempt.
+    """
+    if outcome.state == "retryable":
+        return outcome.delay
+    return default_backoff(outcome.attempt)
