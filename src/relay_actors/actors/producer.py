@@ -16,6 +16,7 @@ from relay_actors.actors.acker import send_outcome
 from relay_actors.actors.attempts import RunningAttempts, UnrecordedOutcomes
 from relay_actors.actors.audit import ClaimAudit
 from relay_actors.actors.executor import ExecutorActor
+from relay_actors.actors.executor_pool import ExecutorPool
 from relay_actors.actors.inbox import take_queued
 from relay_actors.actors.messages import (
     AttemptOutcome,
@@ -34,14 +35,6 @@ from relay_actors.job import Job
 
 logger = logging.getLogger("relay_actors.producer")
 
-EXECUTOR_STOP_SECONDS = 1.0
-# Jobs are claimed ahead of free executors only while attempts take less than
-# this on average. Then a claim's round trip and commit (0.4 to 1 ms measured on
-# 2 cores) is a large share of each job's time, and jobs held back from other
-# nodes start soon.
-PREFETCH_MAX_SECONDS = 0.02
-# Weight of the newest attempt in the running mean of attempt durations.
-DURATION_WEIGHT = 0.2
 # Most unaccounted jobs that one audit reads.
 AUDIT_LIMIT = 1000
 
@@ -102,7 +95,7 @@ class ProducerActor(pykka.ThreadingActor):
         self._unrecorded = UnrecordedOutcomes() if unrecorded is None else unrecorded
         self._prefix = prefix
         self._queue = queue
-        self._size = executors
+        self._pool = ExecutorPool(executors)
         self._node_id = node_id
         self._acker = acker
         self._poll_interval = poll_interval
@@ -116,14 +109,7 @@ class ProducerActor(pykka.ThreadingActor):
             secret=secret,
         )
         self._outcomes: list[AttemptOutcome] = []
-        self._executors: list[pykka.ActorRef[Any]] = []
-        self._idle: deque[pykka.ActorRef[Any]] = deque()
-        # Executors running an attempt, by actor URN. The attempts themselves,
-        # with their cancellation flags, are in `_attempts`.
-        self._running: set[str] = set()
-        self._started_at: dict[str, float] = {}
         self._ready: deque[Job] = deque()
-        self._mean_duration: float | None = None
         self._want_claim = True
         self._claim_queued = False
         self._next_poll = 0.0
@@ -134,7 +120,7 @@ class ProducerActor(pykka.ThreadingActor):
         self.adopted = 0
 
     def on_start(self) -> None:
-        for _ in range(self._size):
+        for _ in range(self._pool.size):
             executor = ExecutorActor.start(
                 self.actor_ref,
                 self._acker,
@@ -143,8 +129,7 @@ class ProducerActor(pykka.ThreadingActor):
                 self._attempts,
                 self._unrecorded,
             )
-            self._executors.append(executor)
-            self._idle.append(executor)
+            self._pool.add(executor)
         self._queue_claim()
         # After a restart, the old producer's executors may still run attempts
         # whose cancellation notifications reached no producer meanwhile.
@@ -152,13 +137,9 @@ class ProducerActor(pykka.ThreadingActor):
             self.actor_ref.tell(CheckCancelled())
 
     def on_stop(self) -> None:
-        # Idle executors stop at once; one still running a job (past the
-        # shutdown grace period) stops after its job returns.
-        for executor in self._executors:
-            executor.stop(block=False)
-        deadline = time.monotonic() + EXECUTOR_STOP_SECONDS
-        for executor in self._executors:
-            executor.actor_stopped.wait(max(0.0, deadline - time.monotonic()))
+        # An executor still running a job (past the shutdown grace period)
+        # stops after its job returns.
+        self._pool.stop()
         # A producer that stops without a drain (a supervisor restart) still
         # returns its prefetched jobs, because the next producer does not track them.
         self._return_ready()
@@ -167,8 +148,7 @@ class ProducerActor(pykka.ThreadingActor):
         self._rows.close()
 
     def on_failure(self, *exc_info: Any) -> None:
-        for executor in self._executors:
-            executor.stop(block=False)
+        self._pool.stop(timeout=None)
         self._return_ready()
         self._take_queued_outcomes()
         self._hand_to_acker()
@@ -217,8 +197,8 @@ class ProducerActor(pykka.ThreadingActor):
 
     def statistics(self) -> dict[str, int]:
         return {
-            "executors": self._size,
-            "busy": len(self._running),
+            "executors": self._pool.size,
+            "busy": self._pool.busy,
             "prefetched": len(self._ready),
             "claimed": self.claimed,
             "recorded": self.recorded,
@@ -226,16 +206,8 @@ class ProducerActor(pykka.ThreadingActor):
         }
 
     def _on_idle(self, executor: pykka.ActorRef[Any], outcome: AttemptOutcome) -> None:
-        self._running.discard(executor.actor_urn)
         self._outcomes.append(outcome)
-        started = self._started_at.pop(executor.actor_urn, None)
-        if started is not None:
-            duration = time.monotonic() - started
-            mean = self._mean_duration
-            self._mean_duration = (
-                duration if mean is None else mean + DURATION_WEIGHT * (duration - mean)
-            )
-        self._idle.append(executor)
+        self._pool.give_back(executor)
         self._dispatch()
         self._queue_claim()
         self._settle_drain()
@@ -306,13 +278,6 @@ class ProducerActor(pykka.ThreadingActor):
         self._ready.extend(jobs)
         self._dispatch()
 
-    def _prefetch_limit(self) -> int:
-        """Return how many claimed jobs may wait for an executor."""
-        mean = self._mean_duration
-        if mean is None or mean >= PREFETCH_MAX_SECONDS:
-            return 0
-        return self._size
-
     def _queue_claim(self) -> None:
         if self._claim_queued:
             return
@@ -322,20 +287,18 @@ class ProducerActor(pykka.ThreadingActor):
 
     def _claim_room(self) -> bool:
         """Return True if executors wait for jobs, or the prefetched jobs run low."""
-        if len(self._idle) > len(self._ready):
+        if self._pool.idle > len(self._ready):
             return True
-        prefetch = self._prefetch_limit()
+        prefetch = self._pool.prefetch_limit()
         return prefetch > 0 and len(self._ready) <= prefetch // 2
 
     def _dispatch(self) -> None:
         """Start waiting jobs on idle executors, oldest claim first."""
-        while self._idle and self._ready:
+        while self._pool.idle and self._ready:
             job = self._ready.popleft()
-            executor = self._idle.popleft()
+            executor = self._pool.take()
             cancellation = threading.Event()
-            self._running.add(executor.actor_urn)
             self._attempts.add(job, cancellation)
-            self._started_at[executor.actor_urn] = time.monotonic()
             executor.tell(Execute(job, cancellation))
 
     def _return_ready(self) -> None:
@@ -359,7 +322,7 @@ class ProducerActor(pykka.ThreadingActor):
             self._rows.close()
 
     def _settle_drain(self) -> None:
-        if self._draining and not self._running and not self._outcomes:
+        if self._draining and not self._pool.busy and not self._outcomes:
             for future in self._drained:
                 future.set(None)
             self._drained.clear()
@@ -367,7 +330,7 @@ class ProducerActor(pykka.ThreadingActor):
     def _claim(self) -> None:
         limit = 0
         if self._want_claim and not self._draining:
-            limit = max(0, len(self._idle) + self._prefetch_limit() - len(self._ready))
+            limit = max(0, self._pool.idle + self._pool.prefetch_limit() - len(self._ready))
         if limit == 0 and not self._outcomes:
             return
         outcomes, self._outcomes = self._outcomes, []

@@ -1,0 +1,105 @@
+"""`ExecutorPool`: idle and busy executors, and prefetching from the mean attempt duration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pykka
+import pytest
+
+from relay_actors.actors.executor_pool import ExecutorPool
+
+
+class Clock:
+    """A clock that the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Idle(pykka.ThreadingActor):
+    """An actor in place of an executor: the pool only starts and stops it."""
+
+
+@pytest.fixture
+def executors() -> Iterator[list[pykka.ActorRef[Any]]]:
+    refs = [Idle.start() for _ in range(3)]
+    yield refs
+    for ref in refs:
+        if ref.is_alive():
+            ref.stop()
+
+
+def filled(executors: list[pykka.ActorRef[Any]], clock: Clock) -> ExecutorPool:
+    pool = ExecutorPool(len(executors), clock)
+    for executor in executors:
+        pool.add(executor)
+    return pool
+
+
+def test_pool_counts_idle_and_busy(executors: list[pykka.ActorRef[Any]]) -> None:
+    pool = filled(executors, Clock())
+    first = pool.take()
+    second = pool.take()
+    assert (pool.idle, pool.busy) == (1, 2)
+    pool.give_back(first)
+    assert (pool.idle, pool.busy) == (2, 1)
+    assert pool.take() is not second
+
+
+def test_pool_take_without_idle_raises(executors: list[pykka.ActorRef[Any]]) -> None:
+    pool = filled(executors, Clock())
+    for _ in executors:
+        pool.take()
+    with pytest.raises(IndexError):
+        pool.take()
+
+
+def test_pool_prefetches_only_short_attempts(executors: list[pykka.ActorRef[Any]]) -> None:
+    clock = Clock()
+    pool = filled(executors, clock)
+    # No attempt has ended yet, so nothing is known about their duration.
+    assert pool.prefetch_limit() == 0
+    executor = pool.take()
+    clock.now += 0.005
+    pool.give_back(executor)
+    assert pool.prefetch_limit() == 3
+    executor = pool.take()
+    clock.now += 1.0
+    pool.give_back(executor)
+    # The mean is now 0.005 + 0.2 * (1.0 - 0.005), far above 20 ms.
+    assert pool.prefetch_limit() == 0
+
+
+def test_pool_mean_follows_recent_attempts(executors: list[pykka.ActorRef[Any]]) -> None:
+    clock = Clock()
+    pool = filled(executors, clock)
+    executor = pool.take()
+    clock.now += 0.1
+    pool.give_back(executor)
+    assert pool.prefetch_limit() == 0
+    # Short attempts pull the running mean below 20 ms after some rounds.
+    for _ in range(20):
+        executor = pool.take()
+        clock.now += 0.001
+        pool.give_back(executor)
+    assert pool.prefetch_limit() == 3
+
+
+def test_pool_give_back_unknown_counts_no_duration(executors: list[pykka.ActorRef[Any]]) -> None:
+    """An executor given back without a take (never ran an attempt) changes no mean."""
+    pool = ExecutorPool(1, Clock())
+    pool.give_back(executors[0])
+    assert (pool.idle, pool.busy) == (1, 0)
+    assert pool.prefetch_limit() == 0
+
+
+def test_pool_stop_stops_every_executor(executors: list[pykka.ActorRef[Any]]) -> None:
+    pool = filled(executors, Clock())
+    pool.take()
+    pool.stop()
+    assert not any(executor.is_alive() for executor in executors)
