@@ -110,28 +110,43 @@ class InsertCombiner:
 
     def insert(self, jobs: list[Job], metas: list[dict[str, Any]]) -> list[Row]:
         """Insert the jobs, possibly together with other threads' jobs; return their rows."""
-        with self._lock:
-            alone = not self._busy and self._expected == 1
+        # Each flag is set in the same locked block as the busy flag, and
+        # every step after it sits in a try, so an interrupt (Ctrl-C on the
+        # main thread) right after the block still hands the combiner over.
+        alone = False
+        try:
+            with self._lock:
+                if not self._busy and self._expected == 1:
+                    self._busy = True
+                    alone = True
             if alone:
-                self._busy = True
-        if alone:
-            return self._insert_alone(jobs, metas)
+                return self._insert_alone(jobs, metas)
+        finally:
+            if alone:
+                self._hand_over()
         request = _Request(jobs, metas)
-        with self._lock:
-            self._waiting.append(request)
-            lead = not self._busy
-            self._busy = True
-            if self._gathering and len(self._waiting) >= self._expected:
-                self._gathered.set()
-        if not lead:
-            try:
+        lead = False
+        try:
+            with self._lock:
+                lead = not self._busy
+                self._busy = True
+                self._waiting.append(request)
+                if self._gathering and len(self._waiting) >= self._expected:
+                    self._gathered.set()
+            if not lead:
                 request.done.wait()
-            except BaseException:
-                self._abandon(request)
-                raise
-            if not request.lead:
-                return _result(request)
-        self._run_batch()
+        except BaseException:
+            self._abandon(request, lead=lead)
+            raise
+        if not lead and not request.lead:
+            return _result(request)
+        try:
+            self._run_batch()
+        except BaseException:
+            # Interrupted before its batch took the queued requests: this
+            # one may still be queued, even as the next leader.
+            self._abandon(request, lead=False)
+            raise
         request.done.wait()
         return _result(request)
 
@@ -140,15 +155,13 @@ class InsertCombiner:
 
         A batch of one request needs no gathering and no request to
         wait on, which saves a lone caller those steps on every insert.
-        Callers that queue meanwhile wait for the hand-over, as behind any batch.
+        Callers that queue meanwhile wait for the hand-over, as behind any
+        batch. The caller hands over.
         """
-        try:
-            with self._pool.connection() as conn:
-                rows = execute_insert(self._statements, self._channel, conn, jobs, metas)
-            self.statements_run += 1
-            self.jobs_inserted += len(jobs)
-        finally:
-            self._hand_over()
+        with self._pool.connection() as conn:
+            rows = execute_insert(self._statements, self._channel, conn, jobs, metas)
+        self.statements_run += 1
+        self.jobs_inserted += len(jobs)
         return rows
 
     def _run_batch(self) -> None:
@@ -159,28 +172,33 @@ class InsertCombiner:
             # The queued callers wait on this leader, so it inserts their
             # jobs before the interruption reaches its own caller.
             interrupted = error
-        with self._lock:
-            batch, self._waiting = self._waiting, []
-            self._expected = max(1, len(batch))
-        jobs = [job for request in batch for job in request.jobs]
-        metas = [meta for request in batch for meta in request.metas]
+        batch: list[_Request] = []
         try:
+            with self._lock:
+                batch, self._waiting = self._waiting, []
+                self._expected = max(1, len(batch))
+            jobs = [job for request in batch for job in request.jobs]
+            metas = [meta for request in batch for meta in request.metas]
             with self._pool.connection() as conn:
                 rows = execute_insert(self._statements, self._channel, conn, jobs, metas)
-        except BaseException as error:  # noqa: BLE001 - handed to every caller in the batch
-            for request in batch:
-                request.error = error
-        else:
             self.statements_run += 1
             self.jobs_inserted += len(jobs)
             start = 0
             for request in batch:
                 request.rows = rows[start : start + len(request.jobs)]
                 start += len(request.jobs)
-        self._hand_over()
-        for request in batch:
-            request.lead = False
-            request.done.set()
+        except BaseException as error:
+            # Handed to every caller in the batch. Raised here only if the
+            # batch took no request yet, so no caller waits for it.
+            if not batch:
+                raise
+            for request in batch:
+                request.error = error
+        finally:
+            self._hand_over()
+            for request in batch:
+                request.lead = False
+                request.done.set()
         if interrupted is not None:
             raise interrupted
 
@@ -207,18 +225,21 @@ class InsertCombiner:
             successor.lead = True
         successor.done.set()
 
-    def _abandon(self, request: _Request) -> None:
-        """Withdraw a request whose caller was interrupted while it waited.
+    def _abandon(self, request: _Request, lead: bool) -> None:
+        """Withdraw a request whose caller was interrupted before its batch ran.
 
-        A request not yet taken into a batch is removed. One that was made the
-        next leader runs its batch first, so that the callers queued behind it
-        are not left waiting forever.
+        A request not yet taken into a batch is removed. A caller that was to
+        lead the next batch (`lead`) hands the combiner over, and one that
+        was made the next leader runs its batch first, so that the callers
+        queued behind it are not left waiting forever.
         """
         with self._lock:
             waiting = request in self._waiting and not request.lead
             if waiting:
                 self._waiting.remove(request)
-        if not waiting and request.lead:
+        if lead:
+            self._hand_over()
+        elif not waiting and request.lead:
             self._run_batch()
 
 

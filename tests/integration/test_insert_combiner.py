@@ -173,3 +173,67 @@ def test_combiner_interrupted_gather_still_inserts(
     after.run()
     assert len(after.rows) == 1
     assert combiner.statements_run == 4
+
+
+class LockInterruptedOnExit:
+    """A lock whose `exit_number`th release raises KeyboardInterrupt right after it.
+
+    Ctrl-C on the main thread can interrupt a caller between any two of its
+    calls, for example just after the combiner's lock is released.
+    """
+
+    def __init__(self, exit_number: int) -> None:
+        self._lock = threading.Lock()
+        self._exits_left = exit_number
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        self._exits_left -= 1
+        if self._exits_left == 0:
+            raise KeyboardInterrupt
+
+
+def assert_combiner_free(combiner: InsertCombiner) -> None:
+    """Insert one job on another thread, which must not wait forever for a stuck combiner."""
+    after = Caller(combiner)
+    after.start()
+    after.join(THREAD_SECONDS)
+    assert not after.is_alive(), "a caller still waits: the interrupted caller left it busy"
+    assert len(after.rows) == 1
+
+
+def test_combiner_interrupt_after_claim_alone(
+    start_instance: Callable[..., Instance],
+) -> None:
+    """An interrupt just after a lone caller marked the combiner busy leaves it free."""
+    instance = start_instance()
+    combiner = InsertCombiner(instance.pool, instance.statements, instance.insert_channel)
+    combiner._lock = LockInterruptedOnExit(1)  # type: ignore[assignment]
+    job, meta = new_job()
+
+    with pytest.raises(KeyboardInterrupt):
+        combiner.insert([job], [meta])
+
+    assert combiner.statements_run == 0
+    assert_combiner_free(combiner)
+
+
+def test_combiner_interrupt_after_queueing_as_leader(
+    start_instance: Callable[..., Instance], database_dsn: str, prefix: str
+) -> None:
+    """An interrupt just after a caller queued as the next leader withdraws its request."""
+    # The next batch then waits up to 0.05 s for a second caller that never comes.
+    combiner = combiner_after_batch_of_two(start_instance, database_dsn, prefix, 0.05)
+    # The first release ends the check for a lone insert, the second the queueing.
+    combiner._lock = LockInterruptedOnExit(2)  # type: ignore[assignment]
+    job, meta = new_job()
+
+    with pytest.raises(KeyboardInterrupt):
+        combiner.insert([job], [meta])
+
+    assert queued(combiner) == 0
+    assert combiner.statements_run == 2
+    assert_combiner_free(combiner)
