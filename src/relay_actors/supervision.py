@@ -88,7 +88,11 @@ class Supervisor:
     def stop_child(self, name: str, timeout: float = 5.0) -> None:
         """Stop the actor of role `name` and wait up to `timeout` seconds for it."""
         child = self._children.pop(name, None)
-        if child is None or child.slot.ref is None:
+        if child is None:
+            return
+        # Senders waiting for a replacement of this actor stop waiting.
+        child.slot.close()
+        if child.slot.ref is None:
             return
         try:
             child.slot.ref.stop(block=True, timeout=timeout)

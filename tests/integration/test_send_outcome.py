@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ import pykka
 import pytest
 
 from relay_actors import Instance, Ok, Relay
-from relay_actors.actors.acker import AckerActor, send_outcome
+from relay_actors.actors.acker import REPLACEMENT_WAIT_SECONDS, AckerActor, send_outcome
 from relay_actors.actors.attempts import UnrecordedOutcomes
 from relay_actors.actors.messages import AttemptOutcome
 from relay_actors.actors.outcomes import from_return
@@ -62,18 +64,27 @@ def test_outcome_given_up_without_live_acker(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An outcome sent to a stopped acker, with no replacement, leaves the unrecorded set."""
+    """An outcome sent to an acker stopped with its node leaves the unrecorded set at once.
+
+    A closed slot, as the node's stop leaves it, ends the wait for a
+    replacement acker.
+    """
     instance = start_instance(queues={SLOW_QUEUE: 1})
     release = tmp_path / "release"
     _, outcome = running_job_with_outcome(instance, db, prefix, release)
     acker = only_actor(AckerActor)
     acker.stop()
+    slot = ActorSlot(acker)
+    slot.close()
     unrecorded = UnrecordedOutcomes()
     unrecorded.add(outcome.job_id, outcome.attempt)
 
+    started = time.monotonic()
     with caplog.at_level(logging.ERROR, logger="relay_actors.acker"):
-        send_outcome(ActorSlot(acker), outcome, unrecorded, "test sender")
+        sent = send_outcome(slot, outcome, unrecorded, "test sender")
 
+    assert not sent
+    assert time.monotonic() - started < REPLACEMENT_WAIT_SECONDS
     assert unrecorded.job_ids() == []
     lost = [record for record in caplog.records if getattr(record, "action", "") == "record_lost"]
     assert len(lost) == 1
@@ -108,4 +119,40 @@ def test_outcome_goes_to_replacement_acker(
         timeout=RESULT_TIMEOUT,
         message="the replacement acker never removed the outcome it wrote",
     )
+    release.write_text("go\n")
+
+
+def test_outcome_waits_for_replacement_acker(
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    prefix: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An outcome sent while no acker runs goes to the one that fills the slot soon after.
+
+    The slot holds only the stopped acker until a timer puts the instance's
+    replacement in it, as the supervisor does within a second.
+    """
+    instance = start_instance(queues={SLOW_QUEUE: 1})
+    release = tmp_path / "release"
+    relay, outcome = running_job_with_outcome(instance, db, prefix, release)
+    stopped = only_actor(AckerActor)
+    stopped.stop()
+    wait_for_restart(instance, "acker")
+    unrecorded = instance.unrecorded
+    unrecorded.add(outcome.job_id, outcome.attempt)
+    slot = ActorSlot(stopped)
+    replace = threading.Timer(0.2, lambda: setattr(slot, "ref", instance.acker.ref))
+    replace.start()
+
+    with caplog.at_level(logging.ERROR, logger="relay_actors.acker"):
+        sent = send_outcome(slot, outcome, unrecorded, "test sender")
+    replace.join()
+
+    assert sent
+    # The attempt itself still runs, so only the replacement can have recorded it.
+    assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("sent late")
+    lost = [record for record in caplog.records if getattr(record, "action", "") == "record_lost"]
+    assert lost == []
     release.write_text("go\n")

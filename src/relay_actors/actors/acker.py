@@ -29,6 +29,9 @@ MAX_BATCH = 500
 # nothing, instead of one more failed write each.
 RETRY_SECONDS = 1.0
 RECORD_FAILED_TYPE = f"{RecordFailed.__module__}.{RecordFailed.__qualname__}"
+# Seconds that `send_outcome` waits for the supervisor to replace a stopped
+# acker before it gives an outcome up. The supervisor checks once a second.
+REPLACEMENT_WAIT_SECONDS = 2.0
 
 
 def send_outcome(
@@ -38,31 +41,37 @@ def send_outcome(
     sender: str,
     *,
     give_up: bool = True,
+    wait: float = REPLACEMENT_WAIT_SECONDS,
 ) -> bool:
     """Send `outcome` to the acker; return False if no acker took it.
 
     The acker's inbox rejects a `Record` once its `on_stop` or `on_failure`
     has taken the queued ones, so a `Record` that `tell` accepted is written
     or given up by that acker. A rejected one goes to the acker that the
-    supervisor started in its place, if there is one yet. With no live
-    acker and `give_up` True, the outcome leaves `unrecorded`, so that the
-    producer's audit adopts the still executing job, and the logged error
-    names `sender`. A sender that can keep the outcome and write it later
-    passes `give_up` False.
+    supervisor started in its place. A sender that can keep the outcome and
+    write it later passes `give_up` False, and gets False back at once if
+    no live acker took it. With `give_up` True, the sender waits up to
+    `wait` seconds for the supervisor to start a replacement, unless the
+    acker was stopped with its node. If none comes, the outcome leaves
+    `unrecorded`, so that the producer's audit adopts the still executing
+    job, and the logged error names `sender`.
     """
     tried: list[pykka.ActorRef[Any]] = []
+    deadline = time.monotonic() + wait
     while True:
         ref = acker.ref
         if ref is None or ref in tried:
-            break
+            if not give_up:
+                return False
+            ref = acker.wait_for_other(tried, max(0.0, deadline - time.monotonic()))
+            if ref is None:
+                break
         tried.append(ref)
         try:
             ref.tell(Record(outcome))
         except pykka.ActorDeadError:
             continue
         return True
-    if not give_up:
-        return False
     unrecorded.discard([(outcome.job_id, outcome.attempt)])
     logger.error(
         "%s could not hand the outcome of job %s attempt %s to the acker, which stopped, so it "

@@ -12,7 +12,7 @@ import psycopg
 import pykka
 from pykka import ThreadingFuture
 
-from relay_actors.actors.acker import send_outcome
+from relay_actors.actors.acker import REPLACEMENT_WAIT_SECONDS, send_outcome
 from relay_actors.actors.attempts import RunningAttempts, UnrecordedOutcomes
 from relay_actors.actors.audit import ClaimAudit
 from relay_actors.actors.executor import ExecutorActor
@@ -364,13 +364,18 @@ class ProducerActor(pykka.ThreadingActor):
 
         With `keep_unsent`, outcomes that no acker took, for example while
         the supervisor replaces a crashed one, stay for this producer's next
-        claim. Else they are given up, and their jobs run again.
+        claim. Else the first of them waits for a replacement acker, and
+        those that none takes are given up, and their jobs run again.
         """
         outcomes, self._outcomes = self._outcomes, []
         sender = f"producer {self._queue}"
+        # Only the first outcome that no acker takes waits for a replacement.
+        wait = REPLACEMENT_WAIT_SECONDS
         for outcome in outcomes:
             sent = send_outcome(
-                self._acker, outcome, self._unrecorded, sender, give_up=not keep_unsent
+                self._acker, outcome, self._unrecorded, sender, give_up=not keep_unsent, wait=wait
             )
-            if not sent and keep_unsent:
-                self._outcomes.append(outcome)
+            if not sent:
+                wait = 0.0
+                if keep_unsent:
+                    self._outcomes.append(outcome)
