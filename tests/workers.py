@@ -46,6 +46,16 @@ class Fail(Worker[None], queue=QUICK_QUEUE, max_attempts=1):
         raise ValueError(job.args["message"])
 
 
+class FailWithBackoff(Worker[None], queue=QUICK_QUEUE, max_attempts=3):
+    """Raise ValueError; the retry's delay is `float(args["backoff"])`, such as "1e15" or "nan"."""
+
+    def perform(self, job: Job) -> None:
+        raise ValueError("fails with its own backoff")
+
+    def backoff(self, job: Job) -> float:
+        return float(job.args["backoff"])
+
+
 class Sleep(Worker[Any], queue=SLOW_QUEUE):
     """Block for `args["seconds"]`, then return `args.get("value")`."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from relay_actors.backoff import MAX_DELAY_SECONDS
+
 
 @dataclass(frozen=True, slots=True)
 class Snooze:
@@ -15,8 +17,11 @@ class Snooze:
     def __post_init__(self) -> None:
         if isinstance(self.seconds, bool) or not isinstance(self.seconds, int | float):
             raise TypeError(f"Snooze seconds must be a number, got {self.seconds!r}")
-        if not math.isfinite(self.seconds) or self.seconds < 0:
-            raise ValueError(f"Snooze seconds must be finite and >= 0, got {self.seconds!r}")
+        if not math.isfinite(self.seconds) or not 0 <= self.seconds <= MAX_DELAY_SECONDS:
+            raise ValueError(
+                f"Snooze seconds must be between 0 and {MAX_DELAY_SECONDS:.0f} (a year), "
+                f"got {self.seconds!r}"
+            )
 
 
 def _check_reason(marker: str, reason: object) -> None:

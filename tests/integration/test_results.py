@@ -12,6 +12,7 @@ import pytest
 from psycopg import sql
 
 from relay_actors import ConfigurationError, Error, Instance, JobError, Ok, Reason, Relay, codec
+from relay_actors.backoff import MAX_DELAY_SECONDS
 from tests.assertions import assert_same
 from tests.conftest import job_state, wait_until
 from tests.values import POINT_TAG, Point
@@ -22,6 +23,7 @@ from tests.workers import (
     Double,
     Echo,
     Fail,
+    FailWithBackoff,
     Flaky,
     Rich,
     Sleep,
@@ -121,6 +123,46 @@ def test_failure_with_retries_left(
     assert isinstance(result.reason, JobError)
     assert result.reason.attempt == 1
     assert job_state(db, prefix, relay.job.id) == "retryable"
+
+
+def retry_due_in(conn: psycopg.Connection[Any], schema: str, job_id: int | None) -> float:
+    """Return the seconds from now until the job's scheduled time."""
+    query = sql.SQL("SELECT extract(epoch FROM scheduled_at - now()) FROM {} WHERE id = %s")
+    row = conn.execute(query.format(sql.Identifier(schema, "jobs")), (job_id,)).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def test_far_backoff_bounded_to_year(
+    instance: Instance, db: psycopg.Connection[Any], prefix: str
+) -> None:
+    """A backoff past PostgreSQL's timestamps is cut to a year, so the failure is recorded."""
+    relay = Relay.async_(instance.name, FailWithBackoff.new({"backoff": "1e15"}))
+    result = Relay.await_(relay, timeout=RESULT_TIMEOUT)
+
+    assert isinstance(result, Error)
+    assert isinstance(result.reason, JobError)
+    assert result.reason.type == "builtins.ValueError"
+    assert job_state(db, prefix, relay.job.id) == "retryable"
+    assert MAX_DELAY_SECONDS - 60 < retry_due_in(db, prefix, relay.job.id) <= MAX_DELAY_SECONDS
+
+
+def test_nan_backoff_uses_default(
+    instance: Instance,
+    db: psycopg.Connection[Any],
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    relay = Relay.async_(instance.name, FailWithBackoff.new({"backoff": "nan"}))
+    result = Relay.await_(relay, timeout=RESULT_TIMEOUT)
+
+    assert isinstance(result, Error)
+    assert job_state(db, prefix, relay.job.id) == "retryable"
+    # The default after attempt 1: 15 s plus 2 s, plus up to 10 % jitter.
+    assert 16.0 < retry_due_in(db, prefix, relay.job.id) <= 17.0 * 1.1
+    warnings = [r for r in caplog.records if getattr(r, "action", "") == "backoff_failed"]
+    assert len(warnings) == 1
+    assert "nan" in warnings[0].getMessage()
 
 
 def test_snooze_gives_snoozed(instance: Instance, db: psycopg.Connection[Any], prefix: str) -> None:

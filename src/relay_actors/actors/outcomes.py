@@ -10,7 +10,7 @@ from typing import Any
 
 from relay_actors import codec
 from relay_actors.actors.messages import AttemptOutcome, RelayTarget
-from relay_actors.backoff import default_backoff
+from relay_actors.backoff import bounded_delay, default_backoff
 from relay_actors.job import Job
 from relay_actors.markers import Cancel, Discard, Snooze
 from relay_actors.names import relay_channel
@@ -143,7 +143,16 @@ def _backoff(job: Job) -> float:
             extra={"action": "backoff_failed", "job_id": job.id},
         )
         return default_backoff(job.attempt)
-    return delay if delay >= 0 else 0.0
+    bounded = bounded_delay(delay)
+    if bounded is None:
+        logger.warning(
+            "backoff of worker %s returned %r, not a number of seconds; using the default",
+            job.worker,
+            delay,
+            extra={"action": "backoff_failed", "job_id": job.id},
+        )
+        return default_backoff(job.attempt)
+    return bounded
 
 
 def from_return(job: Job, value: Any, prefix: str, node_id: str) -> AttemptOutcome:
