@@ -18,6 +18,8 @@ Row = tuple[Any, ...]
 # With 4 caller threads on 2 cores, a caller took about 0.15 ms of Python to
 # reach its next insert, and a statement 0.4 to 1 ms (measured).
 GATHER_SECONDS = 0.0005
+# Times a batch's last steps are run when interrupts keep hitting them.
+FINISH_TRIES = 3
 
 
 def execute_insert(
@@ -123,7 +125,7 @@ class InsertCombiner:
                 return self._insert_alone(jobs, metas)
         finally:
             if alone:
-                self._hand_over()
+                self._finish([], None)
         request = _Request(jobs, metas)
         lead = False
         try:
@@ -145,7 +147,7 @@ class InsertCombiner:
         except BaseException:
             # Interrupted before its batch took the queued requests: this
             # one may still be queued, even as the next leader.
-            self._abandon(request, lead=False)
+            self._abandon(request, lead=lead)
             raise
         request.done.wait()
         return _result(request)
@@ -173,6 +175,7 @@ class InsertCombiner:
             # jobs before the interruption reaches its own caller.
             interrupted = error
         batch: list[_Request] = []
+        rows: list[Row] | None = None
         try:
             with self._lock:
                 batch, self._waiting = self._waiting, []
@@ -181,24 +184,55 @@ class InsertCombiner:
             metas = [meta for request in batch for meta in request.metas]
             with self._pool.connection() as conn:
                 rows = execute_insert(self._statements, self._channel, conn, jobs, metas)
-            self.statements_run += 1
-            self.jobs_inserted += len(jobs)
-            start = 0
-            for request in batch:
-                request.rows = rows[start : start + len(request.jobs)]
-                start += len(request.jobs)
         except BaseException as error:
-            # Handed to every caller in the batch. Raised here only if the
-            # batch took no request yet, so no caller waits for it.
-            if not batch:
+            if rows is not None:
+                # The jobs are inserted: their callers get their rows, and
+                # only this leader's caller the interruption.
+                interrupted = interrupted or error
+            elif not batch:
+                # No request was taken, so no caller waits for this batch.
                 raise
-            for request in batch:
-                request.error = error
+            else:
+                for request in batch:
+                    request.error = error
         finally:
-            self._hand_over()
-            for request in batch:
-                request.lead = False
-                request.done.set()
+            self._finish(batch, rows)
+        if interrupted is not None:
+            raise interrupted
+
+    def _finish(self, batch: list[_Request], rows: list[Row] | None) -> None:
+        """Give each request its `rows`, hand the combiner over and wake the batch's callers.
+
+        A step that an interrupt (Ctrl-C on the main thread) hits is run
+        again, and the interruption is raised once all have run. Otherwise a
+        caller could wait forever for a hand-over or for rows that were
+        inserted.
+        """
+        interrupted: BaseException | None = None
+        shared = rows is None
+        handed = False
+        woken = 0
+        for _ in range(FINISH_TRIES):
+            try:
+                if not shared:
+                    assert rows is not None
+                    self.statements_run += 1
+                    self.jobs_inserted += len(rows)
+                    start = 0
+                    for request in batch:
+                        request.rows = rows[start : start + len(request.jobs)]
+                        start += len(request.jobs)
+                    shared = True
+                if not handed:
+                    self._hand_over()
+                    handed = True
+                while woken < len(batch):
+                    batch[woken].lead = False
+                    batch[woken].done.set()
+                    woken += 1
+                break
+            except BaseException as error:  # noqa: BLE001 - raised once every step ran
+                interrupted = error
         if interrupted is not None:
             raise interrupted
 
@@ -237,9 +271,12 @@ class InsertCombiner:
             waiting = request in self._waiting and not request.lead
             if waiting:
                 self._waiting.remove(request)
-        if lead:
-            self._hand_over()
-        elif not waiting and request.lead:
+        if waiting:
+            # A caller that was to lead hands over. Once a batch took the
+            # request, that batch hands over instead.
+            if lead:
+                self._hand_over()
+        elif request.lead:
             self._run_batch()
 
 

@@ -237,3 +237,127 @@ def test_combiner_interrupt_after_queueing_as_leader(
     assert queued(combiner) == 0
     assert combiner.statements_run == 2
     assert_combiner_free(combiner)
+
+
+def interrupt_first_call(combiner: InsertCombiner, name: str) -> None:
+    """Make the combiner's method `name` raise KeyboardInterrupt on its first call.
+
+    CPython 3.11 handles pending signals as a function starts (at its RESUME
+    instruction), so this is where Ctrl-C often lands.
+    """
+    original = getattr(combiner, name)
+    calls = 0
+
+    def interrupted_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    setattr(combiner, name, interrupted_once)
+
+
+class PoolInterruptedOnRelease:
+    """A pool whose first connection raises KeyboardInterrupt once it is given back."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self._interrupted = False
+
+    @contextmanager
+    def connection(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        with self._pool.connection(*args, **kwargs) as conn:
+            yield conn
+        if not self._interrupted:
+            self._interrupted = True
+            raise KeyboardInterrupt
+
+
+# Gathering window of the tests whose leader waits for a caller that starts
+# 0.2 s later. Later inserts that come alone wait this long too.
+GATHER_SECONDS = 1.0
+
+
+def leader_with_waiter(combiner: InsertCombiner) -> Caller:
+    """Insert on this thread as the leader of a batch that another caller joins; return it.
+
+    The combiner expects two callers after a batch of two, so this thread
+    gathers until the other caller, started 0.2 s later, queues.
+    """
+    waiter = Caller(combiner)
+    joins = threading.Timer(0.2, waiter.start)
+    joins.start()
+    job, meta = new_job()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            combiner.insert([job], [meta])
+    finally:
+        joins.join()
+    waiter.join(THREAD_SECONDS)
+    return waiter
+
+
+def test_combiner_interrupt_entering_batch(
+    start_instance: Callable[..., Instance], database_dsn: str, prefix: str
+) -> None:
+    """A leader interrupted as its batch starts withdraws its request and hands over."""
+    combiner = combiner_after_batch_of_two(start_instance, database_dsn, prefix, 0.05)
+    interrupt_first_call(combiner, "_run_batch")
+    job, meta = new_job()
+
+    with pytest.raises(KeyboardInterrupt):
+        combiner.insert([job], [meta])
+
+    assert queued(combiner) == 0
+    assert combiner.statements_run == 2
+    assert not combiner._busy
+    assert_combiner_free(combiner)
+
+
+def test_combiner_interrupt_handing_over_alone(
+    start_instance: Callable[..., Instance],
+) -> None:
+    """A lone caller interrupted as it hands over still leaves the combiner free."""
+    instance = start_instance()
+    combiner = InsertCombiner(instance.pool, instance.statements, instance.insert_channel)
+    interrupt_first_call(combiner, "_hand_over")
+    job, meta = new_job()
+
+    with pytest.raises(KeyboardInterrupt):
+        combiner.insert([job], [meta])
+
+    assert combiner.statements_run == 1
+    assert not combiner._busy
+    assert_combiner_free(combiner)
+
+
+def test_combiner_interrupt_handing_over_batch(
+    start_instance: Callable[..., Instance], database_dsn: str, prefix: str
+) -> None:
+    """A leader interrupted as it hands over still wakes the other caller of its batch."""
+    combiner = combiner_after_batch_of_two(start_instance, database_dsn, prefix, GATHER_SECONDS)
+    interrupt_first_call(combiner, "_hand_over")
+
+    waiter = leader_with_waiter(combiner)
+
+    assert not waiter.is_alive(), "the other caller still waits, although its job was inserted"
+    assert len(waiter.rows) == 1
+    assert combiner.statements_run == 3
+    assert_combiner_free(combiner)
+
+
+def test_combiner_interrupt_after_statement(
+    start_instance: Callable[..., Instance], database_dsn: str, prefix: str
+) -> None:
+    """An interrupt after the batch's statement reaches only the leader; the others get rows."""
+    combiner = combiner_after_batch_of_two(start_instance, database_dsn, prefix, GATHER_SECONDS)
+    combiner._pool = PoolInterruptedOnRelease(combiner._pool)  # type: ignore[assignment]
+
+    waiter = leader_with_waiter(combiner)
+
+    assert not waiter.is_alive()
+    assert len(waiter.rows) == 1
+    assert combiner.statements_run == 3
+    assert combiner.jobs_inserted == 5
+    assert_combiner_free(combiner)
