@@ -201,8 +201,14 @@ def run_migrate(args: argparse.Namespace) -> int:
     if database is None:
         return 2
     dsn, prefix = database
-    with psycopg.connect(dsn, autocommit=True, application_name="relay_actors migrate") as conn:
-        applied = migrate(conn, prefix)
+    try:
+        with psycopg.connect(
+            dsn, autocommit=True, application_name="relay_actors migrate"
+        ) as conn:
+            applied = migrate(conn, prefix)
+    except ConfigurationError as error:
+        logger.error("cannot migrate the schema: %s", error, extra={"action": "migrate_failed"})
+        return 2
     print(
         f"schema {prefix}: applied {', '.join(map(str, applied)) or 'nothing'}; "
         f"at version {LATEST_VERSION}"

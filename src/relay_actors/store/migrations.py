@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 import psycopg
-from psycopg import sql
+from psycopg import errors, sql
+
+from relay_actors.errors import ConfigurationError
 
 logger = logging.getLogger("relay_actors.store")
 
@@ -70,12 +72,23 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 
 LATEST_VERSION = MIGRATIONS[-1][0]
 
+# Columns of relay_actors' own version table, by name, with their types.
+_VERSION_TABLE_COLUMNS = {"version": "integer", "applied_at": "timestamp with time zone"}
+_OWN_SCHEMA_HINT = (
+    "give relay_actors a schema of its own, for example prefix='relay_actors' in "
+    "start() or --prefix relay_actors on the command line"
+)
+
 
 def migrate(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> list[int]:
     """Create or upgrade the schema `prefix`; return the versions applied now.
 
     Runs in one transaction holding a transaction-level advisory lock keyed on
     the schema, so nodes starting together apply each version once.
+
+    Raises:
+        ConfigurationError: the schema has a table of another application
+            with a name that relay_actors uses; nothing was changed.
     """
     schema = sql.Identifier(prefix)
     applied_now: list[int] = []
@@ -90,6 +103,7 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> list[i
                 "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             ).format(schema)
         )
+        _check_version_table(conn, prefix)
         rows = conn.execute(
             sql.SQL("SELECT version FROM {}.schema_migrations").format(schema)
         ).fetchall()
@@ -108,7 +122,14 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> list[i
         for version, statements in MIGRATIONS:
             if version in done:
                 continue
-            conn.execute(sql.SQL(statements).format(schema=schema))
+            try:
+                conn.execute(sql.SQL(statements).format(schema=schema))
+            except errors.DuplicateTable as error:
+                raise ConfigurationError(
+                    f"cannot create relay_actors' tables in schema {prefix!r}: "
+                    f"{error.diag.message_primary}, and relay_actors did not create it; "
+                    f"{_OWN_SCHEMA_HINT}"
+                ) from error
             conn.execute(
                 sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s)").format(schema),
                 (version,),
@@ -119,3 +140,25 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> list[i
             "schema %s migrated to version %s", prefix, applied_now[-1], extra={"action": "migrate"}
         )
     return applied_now
+
+
+
+def _check_version_table(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> None:
+    """Raise ConfigurationError if `prefix`.schema_migrations is another application's table.
+
+    Frameworks such as Rails and Ecto keep their own migration versions in a
+    table of that name. relay_actors must not read or add versions there.
+    """
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = 'schema_migrations'",
+        (prefix,),
+    ).fetchall()
+    columns = {str(name): str(kind) for name, kind in rows}
+    if columns == _VERSION_TABLE_COLUMNS:
+        return
+    listed = ", ".join(f"{name} {kind}" for name, kind in sorted(columns.items()))
+    raise ConfigurationError(
+        f"schema {prefix!r} has a table schema_migrations that relay_actors did not create "
+        f"(columns: {listed}), for example another framework's; {_OWN_SCHEMA_HINT}"
+    )

@@ -1,0 +1,100 @@
+"""Migrations in a schema that already has another application's tables.
+
+relay_actors' default schema is `public`, where an application's own tables
+live. A table of the same name must stop the migration with an error that
+names it and the `prefix` to use, and must be left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from relay_actors import ConfigurationError, Instance
+from relay_actors.cli import main
+from relay_actors.store.migrations import LATEST_VERSION, migrate
+
+
+def create_table(conn: psycopg.Connection[Any], schema: str, table: str, columns: str) -> None:
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    conn.execute(
+        sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(schema, table), sql.SQL(columns))
+    )
+
+
+def exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s)", (f'"{schema}"."{table}"',)).fetchone()
+    return row is not None and row[0] is not None
+
+
+def test_migrate_twice_applies_once(db: psycopg.Connection[Any], prefix: str) -> None:
+    assert migrate(db, prefix) == list(range(1, LATEST_VERSION + 1))
+    assert migrate(db, prefix) == []
+
+
+def test_foreign_version_table_left_alone(db: psycopg.Connection[Any], prefix: str) -> None:
+    """A framework's schema_migrations (Rails keeps string versions) gets no relay_actors row."""
+    create_table(db, prefix, "schema_migrations", "version varchar PRIMARY KEY")
+    db.execute(
+        sql.SQL("INSERT INTO {} VALUES ('20240101120000')").format(
+            sql.Identifier(prefix, "schema_migrations")
+        )
+    )
+
+    with pytest.raises(ConfigurationError) as raised:
+        migrate(db, prefix)
+
+    message = str(raised.value)
+    assert "schema_migrations" in message
+    assert "version character varying" in message
+    assert "prefix='relay_actors'" in message
+    rows = db.execute(
+        sql.SQL("SELECT version FROM {}").format(sql.Identifier(prefix, "schema_migrations"))
+    ).fetchall()
+    assert rows == [("20240101120000",)]
+    assert not exists(db, prefix, "jobs")
+
+
+def test_foreign_jobs_table_left_alone(db: psycopg.Connection[Any], prefix: str) -> None:
+    create_table(db, prefix, "jobs", "id int PRIMARY KEY, title text")
+
+    with pytest.raises(ConfigurationError) as raised:
+        migrate(db, prefix)
+
+    message = str(raised.value)
+    assert 'relation "jobs" already exists' in message
+    assert "--prefix relay_actors" in message
+    # The failed migration rolled back, its version table included.
+    assert not exists(db, prefix, "schema_migrations")
+    assert not exists(db, prefix, "nodes")
+
+
+def test_start_rejects_foreign_jobs_table(
+    db: psycopg.Connection[Any], prefix: str, start_instance: Callable[..., Instance]
+) -> None:
+    create_table(db, prefix, "jobs", "id int PRIMARY KEY")
+
+    with pytest.raises(ConfigurationError, match="relay_actors did not create it"):
+        start_instance()
+
+
+def test_cli_migrate_conflict_exits_2(
+    db: psycopg.Connection[Any],
+    database_dsn: str,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    create_table(db, prefix, "jobs", "id int PRIMARY KEY")
+
+    with caplog.at_level(logging.ERROR, logger="relay_actors.cli"):
+        status = main(["migrate", "--dsn", database_dsn, "--prefix", prefix])
+
+    assert status == 2
+    failures = [r for r in caplog.records if getattr(r, "action", "") == "migrate_failed"]
+    assert len(failures) == 1
+    assert "cannot migrate the schema" in failures[0].getMessage()
