@@ -64,7 +64,7 @@ def stop_instance(instance: Instance, grace: float | None) -> None:
     if instance._ticker is None:
         # Its start failed, and the caller of start() gets that error.
         logger.info(
-            "instance %s closed what it had opened before its start failed",
+            "instance %s failed to start, so it closed the connections and actors it had opened",
             instance.name,
             extra={"action": "instance_stop"},
         )

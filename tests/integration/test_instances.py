@@ -312,5 +312,5 @@ def test_failed_start_not_logged_as_stop(
     messages = [
         record.getMessage() for record in caplog.records if record.name == "relay_actors.instance"
     ]
-    assert any("before its start failed" in message for message in messages), messages
+    assert any("failed to start, so it closed" in message for message in messages), messages
     assert not any(message.endswith(" stopped") for message in messages), messages
