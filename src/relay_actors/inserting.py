@@ -112,9 +112,9 @@ class InsertCombiner:
 
     def insert(self, jobs: list[Job], metas: list[dict[str, Any]]) -> list[Row]:
         """Insert the jobs, possibly together with other threads' jobs; return their rows."""
-        # Each flag is set in the same locked block as the busy flag, and
-        # every step after it sits in a try, so an interrupt (Ctrl-C on the
-        # main thread) right after the block still hands the combiner over.
+        # Each flag is set in the same locked block as the busy flag, and each
+        # step after that block is inside a try. So an interrupt (Ctrl-C on
+        # the main thread) right after the block still hands the combiner over.
         alone = False
         try:
             with self._lock:
@@ -207,6 +207,9 @@ class InsertCombiner:
         again, and the interruption is raised once all have run. Otherwise a
         caller could wait forever for a hand-over or for rows that were
         inserted.
+
+        NOTE: an interrupt inside a locked block, or FINISH_TRIES interrupts
+        in a row here, can still leave the combiner busy.
         """
         interrupted: BaseException | None = None
         shared = rows is None

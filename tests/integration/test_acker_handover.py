@@ -20,7 +20,11 @@ from relay_actors.actors.messages import AttemptOutcome, Record, Sync, Tick
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.store import connect
 from tests.conftest import job_state, wait_until
-from tests.integration.test_fault_adoption import LOCK_WAIT_MS, logged, rows_locked
+from tests.integration.test_fault_adoption import (
+    LOCK_WAIT_MS,
+    rows_locked,
+    wait_for_failed_writes,
+)
 from tests.integration.test_send_outcome import running_job_with_outcome
 from tests.restarts import only_actor
 from tests.workers import SLOW_QUEUE, WaitsForFile
@@ -105,11 +109,7 @@ def test_acker_writes_after_successful_sync(
     try:
         with rows_locked(database_dsn, prefix, [first]):
             acker.tell(Record(done(first, caller.node_id)))
-            wait_until(
-                lambda: logged(caplog, "relay_actors.acker", "record_failed") >= 1,
-                timeout=RESULT_TIMEOUT,
-                message="the acker's write never timed out on the locked row",
-            )
+            wait_for_failed_writes(caplog, 1, "the acker's write never timed out on the locked row")
         # The acker replies with a future that resolves once the batch is written.
         synced = acker.ask(Sync(), timeout=RESULT_TIMEOUT)
         assert synced.get(timeout=RESULT_TIMEOUT) is None

@@ -29,6 +29,7 @@ from relay_actors.store import connect
 from tests.conftest import job_state, wait_until
 from tests.integration.test_lost_claim_reply import FAST_AUDIT
 from tests.integration.test_missed_signals import read_job
+from tests.integration.test_results import retry_due_in
 from tests.restarts import only_actor, wait_for_restart
 from tests.workers import QUICK_QUEUE, SLOW_QUEUE
 
@@ -154,6 +155,15 @@ def start_gated_job(
     return relay, job_id
 
 
+def wait_for_failed_writes(caplog: pytest.LogCaptureFixture, count: int, message: str) -> None:
+    """Wait until the acker has logged `count` failed writes (action `record_failed`)."""
+    wait_until(
+        lambda: logged(caplog, "relay_actors.acker", "record_failed") >= count,
+        timeout=RESULT_TIMEOUT,
+        message=message,
+    )
+
+
 def retry_now(conn: psycopg.Connection[Any], schema: str, job_id: int) -> None:
     """Wait until the job is retryable after the default backoff, then make its retry due.
 
@@ -166,14 +176,10 @@ def retry_now(conn: psycopg.Connection[Any], schema: str, job_id: int) -> None:
         timeout=RESULT_TIMEOUT,
         message=lambda: f"job {job_id} is {job_state(conn, schema, job_id)}, not retryable",
     )
-    jobs = sql.Identifier(schema, "jobs")
-    query = sql.SQL("SELECT scheduled_at - now() FROM {} WHERE id = %s").format(jobs)
-    row = conn.execute(query, (job_id,)).fetchone()
-    assert row is not None
-    wait = row[0].total_seconds()
+    wait = retry_due_in(conn, schema, job_id)
     assert wait > 15.0, f"the retry of job {job_id} is due in {wait:.1f} s, before its backoff"
-    due_now = sql.SQL("UPDATE {} SET scheduled_at = now() WHERE id = %s").format(jobs)
-    conn.execute(due_now, (job_id,))
+    due_now = sql.SQL("UPDATE {} SET scheduled_at = now() WHERE id = %s")
+    conn.execute(due_now.format(sql.Identifier(schema, "jobs")), (job_id,))
 
 
 def wait_until_all_recorded(instance: Instance) -> None:
@@ -209,11 +215,7 @@ def test_acker_stop_outcome_adopted(
 
     with rows_locked(database_dsn, prefix, [job_id]):
         GATES[gate].set()
-        wait_until(
-            lambda: logged(caplog, "relay_actors.acker", "record_failed") >= 1,
-            timeout=RESULT_TIMEOUT,
-            message="the acker never failed to write the outcome",
-        )
+        wait_for_failed_writes(caplog, 1, "the acker never failed to write the outcome")
         acker = worker.acker.ref
         assert acker is not None
         # Stopping the actor from outside the instance looks to the supervisor like a crash.
@@ -258,10 +260,8 @@ def test_acker_fallback_retried_after_lock(
     with rows_locked(database_dsn, prefix, [job_id]):
         GATES[gate].set()
         # Each failed tick logs one record_failed, so two show that a retry failed too.
-        wait_until(
-            lambda: logged(caplog, "relay_actors.acker", "record_failed") >= 2,
-            timeout=RESULT_TIMEOUT,
-            message="the acker did not fail to write the failed attempt on two ticks",
+        wait_for_failed_writes(
+            caplog, 2, "the acker did not fail to write the failed attempt on two ticks"
         )
         assert logged(caplog, "relay_actors.acker", "record_lost") == 0
         locked_row = read_job(db, prefix, job_id)
@@ -416,11 +416,7 @@ def test_acker_stop_not_delayed_by_ticks(
 
     with rows_locked(database_dsn, prefix, [job_id]):
         GATES[gate].set()
-        wait_until(
-            lambda: logged(caplog, "relay_actors.acker", "record_failed") >= 2,
-            timeout=RESULT_TIMEOUT,
-            message="the acker did not fail to write the outcome twice",
-        )
+        wait_for_failed_writes(caplog, 2, "the acker did not fail to write the outcome twice")
         acker = worker.acker.ref
         assert acker is not None
         started = time.monotonic()

@@ -21,6 +21,7 @@ from relay_actors.actors.messages import AttemptOutcome
 from relay_actors.actors.outcomes import from_return
 from relay_actors.actors.slot import ActorSlot
 from tests.conftest import job_state, wait_until
+from tests.integration.test_fault_adoption import logged
 from tests.integration.test_restart_outcomes import start_waiting_job
 from tests.restarts import only_actor, wait_for_restart
 from tests.workers import SLOW_QUEUE
@@ -55,6 +56,22 @@ def running_job_with_outcome(
     relay = start_waiting_job(instance, db, prefix, release)
     job = dataclasses.replace(relay.job, attempt=1)
     return relay, from_return(job, "sent late", prefix, instance.node_id)
+
+
+def outcome_after_acker_restart(
+    instance: Instance, db: psycopg.Connection[Any], prefix: str, release: Path
+) -> tuple[Relay[str], AttemptOutcome, pykka.ActorRef[Any]]:
+    """Return a running job, an outcome of it and the acker, stopped and already replaced.
+
+    The outcome is listed in the node-wide unrecorded set, from which the
+    acker that writes it removes it.
+    """
+    relay, outcome = running_job_with_outcome(instance, db, prefix, release)
+    stopped = only_actor(AckerActor)
+    stopped.stop()
+    wait_for_restart(instance, "acker")
+    instance.unrecorded.add(outcome.job_id, outcome.attempt)
+    return relay, outcome, stopped
 
 
 def test_outcome_given_up_without_live_acker(
@@ -101,13 +118,8 @@ def test_outcome_goes_to_replacement_acker(
     """An outcome whose acker stopped goes to the acker that the supervisor started."""
     instance = start_instance(queues={SLOW_QUEUE: 1})
     release = tmp_path / "release"
-    relay, outcome = running_job_with_outcome(instance, db, prefix, release)
-    stopped = only_actor(AckerActor)
-    stopped.stop()
-    wait_for_restart(instance, "acker")
-    # The node-wide set, from which the replacement acker removes what it wrote.
+    relay, outcome, stopped = outcome_after_acker_restart(instance, db, prefix, release)
     unrecorded = instance.unrecorded
-    unrecorded.add(outcome.job_id, outcome.attempt)
 
     send_outcome(SwappedSlot(stopped, instance.acker), outcome, unrecorded, "test sender")
 
@@ -131,28 +143,22 @@ def test_outcome_waits_for_replacement_acker(
 ) -> None:
     """An outcome sent while no acker runs goes to the one that fills the slot soon after.
 
-    The slot holds only the stopped acker until a timer puts the instance's
-    replacement in it, as the supervisor does within a second.
+    The slot contains only the stopped acker until a timer puts the
+    instance's replacement in it, as the supervisor does within a second.
     """
     instance = start_instance(queues={SLOW_QUEUE: 1})
     release = tmp_path / "release"
-    relay, outcome = running_job_with_outcome(instance, db, prefix, release)
-    stopped = only_actor(AckerActor)
-    stopped.stop()
-    wait_for_restart(instance, "acker")
-    unrecorded = instance.unrecorded
-    unrecorded.add(outcome.job_id, outcome.attempt)
+    relay, outcome, stopped = outcome_after_acker_restart(instance, db, prefix, release)
     slot = ActorSlot(stopped)
     replace = threading.Timer(0.2, lambda: setattr(slot, "ref", instance.acker.ref))
     replace.start()
 
     with caplog.at_level(logging.ERROR, logger="relay_actors.acker"):
-        sent = send_outcome(slot, outcome, unrecorded, "test sender")
+        sent = send_outcome(slot, outcome, instance.unrecorded, "test sender")
     replace.join()
 
     assert sent
     # The attempt itself still runs, so only the replacement can have recorded it.
     assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok("sent late")
-    lost = [record for record in caplog.records if getattr(record, "action", "") == "record_lost"]
-    assert lost == []
+    assert logged(caplog, "relay_actors.acker", "record_lost") == 0
     release.write_text("go\n")

@@ -16,7 +16,7 @@ from relay_actors.actors.messages import AttemptOutcome, Flush, Record, Sync, Ti
 from relay_actors.actors.outcomes import failed_attempt
 from relay_actors.actors.recording import OutcomeWriter
 from relay_actors.actors.slot import ActorSlot
-from relay_actors.backoff import bounded_delay, default_backoff
+from relay_actors.backoff import default_backoff
 from relay_actors.failures import RecordFailed
 from relay_actors.store.connect import connect
 from relay_actors.store.statements import statements_for
@@ -313,12 +313,10 @@ class AckerActor(pykka.ThreadingActor):
 def _fallback_delay(outcome: AttemptOutcome) -> float:
     """Return the delay before the retry that a failed attempt replacing `outcome` allows.
 
-    A failed attempt's own outcome already carries its worker's backoff, and
-    a lost attempt's outcome no delay. Any other outcome gets the default
-    backoff of its attempt, and so does one whose delay is out of bounds,
-    which may be why it could not be written.
+    A failed attempt's outcome carries its worker's backoff, bounded when the
+    outcome was made, and a lost attempt's outcome carries no delay. Any
+    other outcome gets the default backoff of its attempt.
     """
-    delay_kept = bounded_delay(outcome.delay) == outcome.delay
-    if outcome.state in ("retryable", "available") and delay_kept:
+    if outcome.state in ("retryable", "available"):
         return outcome.delay
     return default_backoff(outcome.attempt)

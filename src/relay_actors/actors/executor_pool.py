@@ -9,6 +9,7 @@ from typing import Any
 
 import pykka
 
+# Seconds that stop() waits in all for the executors to stop.
 STOP_SECONDS = 1.0
 # Jobs are claimed ahead of free executors only while attempts take less than
 # this on average. Then a claim's round trip and commit (0.4 to 1 ms measured on
@@ -78,7 +79,7 @@ class ExecutorPool:
         return self.size
 
     def stop(self, timeout: float | None = STOP_SECONDS) -> None:
-        """Ask every executor to stop; with `timeout`, wait that many seconds in all for them.
+        """Stop every executor, waiting up to `timeout` seconds in all, or not at all if None.
 
         Idle executors stop at once. One still running an attempt stops
         after the attempt returns.

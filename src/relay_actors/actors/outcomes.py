@@ -146,7 +146,7 @@ def _backoff(job: Job) -> float:
     bounded = bounded_delay(delay)
     if bounded is None:
         logger.warning(
-            "backoff of worker %s returned %r, not a number of seconds; using the default",
+            "backoff of worker %s returned an invalid delay %r, so the default backoff is used",
             job.worker,
             delay,
             extra={"action": "backoff_failed", "job_id": job.id},

@@ -149,10 +149,13 @@ def _check_version_table(conn: psycopg.Connection[tuple[object, ...]], prefix: s
     Frameworks such as Rails and Ecto keep their own migration versions in a
     table of that name. relay_actors must not read or add versions there.
     """
+    # pg_attribute lists the columns whatever this role's privileges on the
+    # table, where information_schema would hide them.
+    table = sql.Identifier(prefix, "schema_migrations").as_string(conn)
     rows = conn.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_schema = %s AND table_name = 'schema_migrations'",
-        (prefix,),
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+        (table,),
     ).fetchall()
     columns = {str(name): str(kind) for name, kind in rows}
     if columns == _VERSION_TABLE_COLUMNS:
