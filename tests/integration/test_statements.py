@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -11,11 +12,13 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from relay_actors import Job
+from relay_actors.actors.messages import AttemptOutcome, RelayTarget
 from relay_actors.actors.outcomes import failed_attempt
 from relay_actors.actors.recording import OutcomeWriter
 from relay_actors.inserting import execute_insert
 from relay_actors.store.migrations import migrate
 from relay_actors.store.statements import Statements, statements_for
+from relay_actors.wire import parse_payload
 
 NODE = "node-under-test"
 QUEUE = "statements"
@@ -83,15 +86,24 @@ def test_outcome_writes_use_executing_index(conn: psycopg.Connection[Any], prefi
         "outcomes": Jsonb([{"id": 1, "attempt": 1, "state": "completed"}]),
         "notifications": Jsonb([]),
     }
-    for statement, params in [
-        (statements.record, batch),
-        (statements.record_and_claim, {**batch, "node": NODE, "queue": QUEUE, "limit": 1}),
+    lone = {
+        "id": 1,
+        "attempt": 1,
+        "state": "completed",
+        **dict.fromkeys(["outcome", "result", "delay", "extra_attempts", "error"]),
+        **dict.fromkeys(["meta_patch", "node", "channel", "payload", "ids"]),
+    }
+    claim_params = {"node": NODE, "queue": QUEUE, "limit": 1}
+    for statement, params, index in [
+        (statements.record, batch, "jobs_executing_idx"),
+        (statements.record_and_claim, {**batch, **claim_params}, "jobs_executing_idx"),
+        # One row: the planner may pick either index.
+        (statements.record_one, lone, "Index Scan using jobs_"),
+        (statements.record_one_and_claim, {**lone, **claim_params}, "Index Scan using jobs_"),
     ]:
-        plan = "\n".join(
-            row[0] for row in conn.execute(b"EXPLAIN " + statement, params).fetchall()
-        )
+        plan = "\n".join(row[0] for row in conn.execute(b"EXPLAIN " + statement, params).fetchall())
         assert "Seq Scan on jobs" not in plan, plan
-        assert "jobs_executing_idx" in plan, plan
+        assert index in plan, plan
 
 
 def test_outcome_skips_same_attempt_of_other_node(
@@ -130,3 +142,105 @@ def test_outcome_skips_same_attempt_of_other_node(
     OutcomeWriter(statements, "unused", None).write(conn, [rescue])
 
     assert row_of(conn, prefix, job_id) == ("executing", attempt, "other-node")
+
+
+RELAY_CHANNEL = "statements_relay"
+# One outcome of each kind the record statements handle differently.
+OUTCOMES = {
+    "completed": {"state": "completed", "status": "ok", "result": b"\x00value"},
+    "retryable": {
+        "state": "retryable",
+        "status": "error",
+        "delay": 30.0,
+        "error": {"attempt": 1, "error": "ValueError: bad"},
+    },
+    "snoozed": {
+        "state": "scheduled",
+        "status": "snoozed",
+        "delay": 60.0,
+        "extra_attempts": 1,
+        "meta_patch": {"snoozed": 1},
+    },
+    "discarded": {"state": "discarded", "status": "discarded", "result": b"\x01reason"},
+    "cancelled": {"state": "cancelled", "status": "cancelled"},
+    "released": {"state": "available", "status": "error"},
+}
+
+
+def recorded_row(conn: psycopg.Connection[Any], prefix: str, job_id: int) -> tuple[Any, ...]:
+    """Return the row's recorded columns, with its timestamps as offsets from now."""
+    query = sql.SQL(
+        "SELECT state, outcome, result, errors, meta, max_attempts, attempt,"
+        " completed_at IS NOT NULL, discarded_at IS NOT NULL, cancelled_at IS NOT NULL,"
+        " round(extract(epoch FROM scheduled_at - now()))"
+        " FROM {} WHERE id = %s"
+    ).format(sql.Identifier(prefix, "jobs"))
+    row = conn.execute(query, (job_id,)).fetchone()
+    assert row is not None
+    return row
+
+
+@pytest.mark.parametrize("kind", sorted(OUTCOMES))
+def test_lone_outcome_records_as_in_a_batch(
+    conn: psycopg.Connection[Any], database_dsn: str, prefix: str, kind: str
+) -> None:
+    """One outcome goes through the one-row statements, more through the JSON batch.
+
+    Both must write the same columns and announce the same results.
+    """
+    statements = statements_for(prefix)
+    for _ in range(3):
+        insert_job(conn, statements)
+    claimed = conn.execute(statements.claim, {"node": NODE, "queue": QUEUE, "limit": 3}).fetchall()
+    (alone, attempt), (batched, _), (other, _) = sorted((row[0], row[6]) for row in claimed)
+
+    def outcome(job_id: int) -> AttemptOutcome:
+        relay = RelayTarget(RELAY_CHANNEL, "mailbox", f"ref-{job_id}", inline=True)
+        return AttemptOutcome(
+            job_id=job_id, attempt=attempt, queue=QUEUE, node=NODE, relay=relay, **OUTCOMES[kind]
+        )
+
+    writer = OutcomeWriter(statements, "insert_channel", None)
+    with psycopg.connect(database_dsn, autocommit=True) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(RELAY_CHANNEL)))
+        writer.write(conn, [outcome(alone)])
+        writer.write(conn, [outcome(batched), outcome(other)])
+        announced = {
+            entry.delivery.job_id: entry.delivery
+            for notify in listener.notifies(timeout=5.0, stop_after=2)
+            for entry in parse_payload(notify.payload)
+        }
+
+    assert recorded_row(conn, prefix, alone) == recorded_row(conn, prefix, batched)
+    assert recorded_row(conn, prefix, alone)[0] == OUTCOMES[kind]["state"]
+    assert announced.keys() == {alone, batched, other}
+    assert announced[alone].status == announced[batched].status == OUTCOMES[kind]["status"]
+    assert announced[alone].payload == announced[batched].payload
+    assert announced[alone].final == announced[batched].final
+
+
+def test_lone_and_batch_inserts_write_alike(conn: psycopg.Connection[Any], prefix: str) -> None:
+    """A lone job goes as one parameter per column, a batch as JSON: the rows must match."""
+    statements = statements_for(prefix)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    job = Job(
+        worker="w",
+        args={"n": [1, "two"]},
+        queue=QUEUE,
+        tags=("a", "b"),
+        priority=3,
+        max_attempts=5,
+        scheduled_at=later,
+    )
+    (lone,) = execute_insert(statements, "unused", conn, [job], [{"relay": {"ref": "r0"}}])
+    batch = execute_insert(
+        statements, "unused", conn, [job, job], [{"relay": {"ref": "r1"}}, {"relay": {"ref": "r2"}}]
+    )
+    query = sql.SQL(
+        "SELECT state, queue, worker, args, tags, max_attempts, priority, scheduled_at"
+        " FROM {} WHERE id = %s"
+    ).format(sql.Identifier(prefix, "jobs"))
+    rows = [conn.execute(query, (row[0],)).fetchone() for row in [lone, *batch]]
+    assert rows[0] == rows[1] == rows[2]
+    assert rows[0] == ("scheduled", QUEUE, "w", {"n": [1, "two"]}, ["a", "b"], 5, 3, later)
+    assert lone[1] == "scheduled"

@@ -38,7 +38,11 @@ class OutcomeWriter:
         """Record `outcomes` and announce their results."""
         batch = _first_per_attempt(outcomes)
         notifications = self.notifications(batch)
-        rows = conn.execute(self._statements.record, _params(batch, notifications)).fetchall()
+        if _lone(batch, notifications):
+            statement, params = self._statements.record_one, _lone_params(batch, notifications)
+        else:
+            statement, params = self._statements.record, _params(batch, notifications)
+        rows = conn.execute(statement, params).fetchall()
         self._resend_held_back(conn, batch, notifications, {(row[0], row[1]) for row in rows})
 
     def write_and_claim(
@@ -56,13 +60,14 @@ class OutcomeWriter:
         """
         batch = _first_per_attempt(outcomes)
         notifications = self.notifications(batch)
-        params = {
-            **_params(batch, notifications),
-            "node": node,
-            "queue": queue,
-            "limit": limit,
-        }
-        rows = conn.execute(self._statements.record_and_claim, params).fetchall()
+        claim = {"node": node, "queue": queue, "limit": limit}
+        if _lone(batch, notifications):
+            statement = self._statements.record_one_and_claim
+            params = {**_lone_params(batch, notifications), **claim}
+        else:
+            statement = self._statements.record_and_claim
+            params = {**_params(batch, notifications), **claim}
+        rows = conn.execute(statement, params).fetchall()
         pairs = rows[0][0] if rows else []
         recorded = set()
         for pair in pairs:
@@ -159,6 +164,26 @@ def _first_per_attempt(outcomes: list[AttemptOutcome]) -> list[AttemptOutcome]:
     return list({(o.job_id, o.attempt): o for o in reversed(outcomes)}.values())[::-1]
 
 
+def _lone(batch: list[AttemptOutcome], notifications: list[Notification]) -> bool:
+    """Tell whether the batch fits the record statements for one outcome."""
+    return len(batch) == 1 and len(notifications) <= 1
+
+
+def _lone_params(batch: list[AttemptOutcome], notifications: list[Notification]) -> dict[str, Any]:
+    """Return the parameters of the record statements for one outcome, one per column."""
+    (outcome,) = batch
+    channel, payload, ids = notifications[0] if notifications else (None, None, [])
+    return {
+        **_outcome_columns(outcome),
+        "result": outcome.result,
+        "error": Jsonb(outcome.error) if outcome.error else None,
+        "meta_patch": Jsonb(outcome.meta_patch) if outcome.meta_patch else None,
+        "channel": channel,
+        "payload": payload,
+        "ids": _pairs_text(ids),
+    }
+
+
 def _params(batch: list[AttemptOutcome], notifications: list[Notification]) -> dict[str, Any]:
     return {
         "outcomes": Jsonb([outcome_document(outcome) for outcome in batch]),
@@ -167,7 +192,7 @@ def _params(batch: list[AttemptOutcome], notifications: list[Notification]) -> d
                 {
                     "channel": channel,
                     "payload": payload,
-                    "ids": ",".join(f"{job_id}:{attempt}" for job_id, attempt in ids),
+                    "ids": _pairs_text(ids),
                 }
                 for channel, payload, ids in notifications
             ]
@@ -175,17 +200,28 @@ def _params(batch: list[AttemptOutcome], notifications: list[Notification]) -> d
     }
 
 
-def outcome_document(outcome: AttemptOutcome) -> dict[str, Any]:
-    """Return the outcome as a JSON object for the record statement's batch."""
+def _pairs_text(ids: list[tuple[int, int]]) -> str:
+    return ",".join(f"{job_id}:{attempt}" for job_id, attempt in ids)
+
+
+def _outcome_columns(outcome: AttemptOutcome) -> dict[str, Any]:
+    """Return the outcome's columns that need no encoding for either record source."""
     return {
         "id": outcome.job_id,
         "attempt": outcome.attempt,
         "state": outcome.state,
         "outcome": outcome.status if outcome.relay else None,
-        "result": None if outcome.result is None else "\\x" + outcome.result.hex(),
         "delay": float(outcome.delay),
         "extra_attempts": outcome.extra_attempts,
+        "node": outcome.node,
+    }
+
+
+def outcome_document(outcome: AttemptOutcome) -> dict[str, Any]:
+    """Return the outcome as a JSON object for the record statement's batch."""
+    return {
+        **_outcome_columns(outcome),
+        "result": None if outcome.result is None else "\\x" + outcome.result.hex(),
         "error": outcome.error or None,
         "meta_patch": outcome.meta_patch or None,
-        "node": outcome.node,
     }
