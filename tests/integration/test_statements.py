@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from relay_actors import Job
 from relay_actors.actors.messages import AttemptOutcome, RelayTarget
 from relay_actors.actors.outcomes import failed_attempt
-from relay_actors.actors.recording import OutcomeWriter
+from relay_actors.actors.recording import OutcomeWriter, _lone
 from relay_actors.inserting import execute_insert
 from relay_actors.store.migrations import migrate
 from relay_actors.store.statements import Statements, statements_for
@@ -91,7 +91,7 @@ def test_outcome_writes_use_executing_index(conn: psycopg.Connection[Any], prefi
         "attempt": 1,
         "state": "completed",
         **dict.fromkeys(["outcome", "result", "delay", "extra_attempts", "error"]),
-        **dict.fromkeys(["meta_patch", "node", "channel", "payload", "ids"]),
+        **dict.fromkeys(["meta_patch", "outcome_node", "channel", "payload", "ids"]),
     }
     claim_params = {"node": NODE, "queue": QUEUE, "limit": 1}
     for statement, params, index in [
@@ -145,6 +145,7 @@ def test_outcome_skips_same_attempt_of_other_node(
 
 
 RELAY_CHANNEL = "statements_relay"
+WAKE_CHANNEL = "statements_wake"
 # One outcome of each kind the record statements handle differently.
 OUTCOMES = {
     "completed": {"state": "completed", "status": "ok", "result": b"\x00value"},
@@ -180,13 +181,16 @@ def recorded_row(conn: psycopg.Connection[Any], prefix: str, job_id: int) -> tup
     return row
 
 
+@pytest.mark.parametrize("claim_too", [False, True], ids=["write", "write_and_claim"])
 @pytest.mark.parametrize("kind", sorted(OUTCOMES))
 def test_lone_outcome_records_as_in_a_batch(
-    conn: psycopg.Connection[Any], database_dsn: str, prefix: str, kind: str
+    conn: psycopg.Connection[Any], database_dsn: str, prefix: str, kind: str, claim_too: bool
 ) -> None:
     """One outcome goes through the one-row statements, more through the JSON batch.
 
-    Both must write the same columns and announce the same results.
+    Both must write the same columns and send the same notifications. The
+    claim, when there is one, is made for another node than the one that ran
+    the attempts, so the outcome's node cannot be mistaken for the claim's.
     """
     statements = statements_for(prefix)
     for _ in range(3):
@@ -195,24 +199,46 @@ def test_lone_outcome_records_as_in_a_batch(
     (alone, attempt), (batched, _), (other, _) = sorted((row[0], row[6]) for row in claimed)
 
     def outcome(job_id: int) -> AttemptOutcome:
-        relay = RelayTarget(RELAY_CHANNEL, "mailbox", f"ref-{job_id}", inline=True)
+        # A released attempt with a relay needs two notifications, its result
+        # and its queue's wake-up, which the one-row statements cannot carry.
+        # Without one, it takes them, with the wake-up as its notification.
+        relay = None
+        if kind != "released":
+            relay = RelayTarget(RELAY_CHANNEL, "mailbox", f"ref-{job_id}", inline=True)
         return AttemptOutcome(
             job_id=job_id, attempt=attempt, queue=QUEUE, node=NODE, relay=relay, **OUTCOMES[kind]
         )
 
-    writer = OutcomeWriter(statements, "insert_channel", None)
+    writer = OutcomeWriter(statements, WAKE_CHANNEL, None)
+    assert _lone([outcome(alone)], writer.notifications([outcome(alone)]))
+
+    def write(outcomes: list[AttemptOutcome]) -> None:
+        if claim_too:
+            # Claiming nothing keeps a released job available for the comparison.
+            writer.write_and_claim(conn, outcomes, node="claiming-node", queue=QUEUE, limit=0)
+        else:
+            writer.write(conn, outcomes)
+
     with psycopg.connect(database_dsn, autocommit=True) as listener:
-        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(RELAY_CHANNEL)))
-        writer.write(conn, [outcome(alone)])
-        writer.write(conn, [outcome(batched), outcome(other)])
-        announced = {
-            entry.delivery.job_id: entry.delivery
+        for channel in (RELAY_CHANNEL, WAKE_CHANNEL):
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        write([outcome(alone)])
+        write([outcome(batched), outcome(other)])
+        notifications = [
+            (notify.channel, notify.payload)
             for notify in listener.notifies(timeout=5.0, stop_after=2)
-            for entry in parse_payload(notify.payload)
-        }
+        ]
 
     assert recorded_row(conn, prefix, alone) == recorded_row(conn, prefix, batched)
     assert recorded_row(conn, prefix, alone)[0] == OUTCOMES[kind]["state"]
+    if kind == "released":
+        assert notifications == [(WAKE_CHANNEL, QUEUE), (WAKE_CHANNEL, QUEUE)]
+        return
+    announced = {
+        entry.delivery.job_id: entry.delivery
+        for channel, payload in notifications
+        for entry in parse_payload(payload)
+    }
     assert announced.keys() == {alone, batched, other}
     assert announced[alone].status == announced[batched].status == OUTCOMES[kind]["status"]
     assert announced[alone].payload == announced[batched].payload

@@ -173,8 +173,11 @@ def _lone_params(batch: list[AttemptOutcome], notifications: list[Notification])
     """Return the parameters of the record statements for one outcome, one per column."""
     (outcome,) = batch
     channel, payload, ids = notifications[0] if notifications else (None, None, [])
+    columns = _outcome_columns(outcome)
+    # The claim of record_one_and_claim binds the claiming node as "node".
+    columns["outcome_node"] = columns.pop("node")
     return {
-        **_outcome_columns(outcome),
+        **columns,
         "result": outcome.result,
         "error": Jsonb(outcome.error) if outcome.error else None,
         "meta_patch": Jsonb(outcome.meta_patch) if outcome.meta_patch else None,
