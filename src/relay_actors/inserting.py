@@ -31,25 +31,9 @@ def execute_insert(
 ) -> list[Row]:
     """Insert the jobs; return (id, state, inserted_at, scheduled_at) per job, in input order.
 
-    A lone job goes as one parameter per column, which the server parses and
-    plans faster than a JSON batch. Rows of a batch are matched to jobs by the
-    relay ref in each job's meta, so every job of a batch of two or more needs
-    one. A lone job needs none.
+    Rows are matched to jobs by the relay ref in each job's meta, so every job
+    of a batch of two or more needs one. A batch of one needs none.
     """
-    if len(jobs) == 1:
-        job, meta = jobs[0], metas[0]
-        params = {
-            "queue": job.queue,
-            "worker": job.worker,
-            "args": Jsonb(job.args),
-            "meta": Jsonb(meta),
-            "tags": list(job.tags),
-            "max_attempts": job.max_attempts,
-            "priority": job.priority,
-            "scheduled_at": job.scheduled_at,
-            "channel": channel,
-        }
-        return [row[:4] for row in conn.execute(statements.insert_one, params).fetchall()]
     documents = [
         {
             "queue": job.queue,
@@ -65,6 +49,8 @@ def execute_insert(
     ]
     params = {"jobs": Jsonb(documents), "channel": channel}
     rows = conn.execute(statements.insert, params).fetchall()
+    if len(jobs) == 1:
+        return [rows[0][:4]]
     by_ref = {row[4]: row[:4] for row in rows}
     return [by_ref[meta["relay"]["ref"]] for meta in metas]
 

@@ -246,7 +246,7 @@ def test_lone_outcome_records_as_in_a_batch(
 
 
 def test_lone_and_batch_inserts_write_alike(conn: psycopg.Connection[Any], prefix: str) -> None:
-    """A lone job goes as one parameter per column, a batch as JSON: the rows must match."""
+    """A lone job and a batch, whose rows are matched by relay ref, must write the same rows."""
     statements = statements_for(prefix)
     later = datetime.now(UTC) + timedelta(hours=1)
     job = Job(
