@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from relay_actors import Job
 from relay_actors.actors.messages import AttemptOutcome, RelayTarget
 from relay_actors.actors.outcomes import failed_attempt
-from relay_actors.actors.recording import OutcomeWriter, _lone
+from relay_actors.actors.recording import OutcomeWriter, _fits_one_row
 from relay_actors.inserting import execute_insert
 from relay_actors.store.migrations import migrate
 from relay_actors.store.statements import Statements, statements_for
@@ -86,22 +86,20 @@ def test_outcome_writes_use_executing_index(conn: psycopg.Connection[Any], prefi
         "outcomes": Jsonb([{"id": 1, "attempt": 1, "state": "completed"}]),
         "notifications": Jsonb([]),
     }
-    lone = {
-        "id": 1,
-        "attempt": 1,
-        "state": "completed",
-        **dict.fromkeys(["outcome", "result", "delay", "extra_attempts", "error"]),
-        **dict.fromkeys(["meta_patch", "outcome_node", "channel", "payload", "ids"]),
-    }
+    unset = ["outcome", "result", "delay", "extra_attempts", "error", "meta_patch"]
+    unset += ["outcome_node", "channel", "payload", "ids"]
+    one_row = {**dict.fromkeys(unset), "id": 1, "attempt": 1, "state": "completed"}
     claim_params = {"node": NODE, "queue": QUEUE, "limit": 1}
     for statement, params, index in [
         (statements.record, batch, "jobs_executing_idx"),
         (statements.record_and_claim, {**batch, **claim_params}, "jobs_executing_idx"),
-        # One row: the planner may pick either index.
-        (statements.record_one, lone, "Index Scan using jobs_"),
-        (statements.record_one_and_claim, {**lone, **claim_params}, "Index Scan using jobs_"),
+        # For one row, the planner may pick either index.
+        (statements.record_one, one_row, "Index Scan using jobs_"),
+        (statements.record_one_and_claim, {**one_row, **claim_params}, "Index Scan using jobs_"),
     ]:
-        plan = "\n".join(row[0] for row in conn.execute(b"EXPLAIN " + statement, params).fetchall())
+        plan = "\n".join(
+            row[0] for row in conn.execute(b"EXPLAIN " + statement, params).fetchall()
+        )
         assert "Seq Scan on jobs" not in plan, plan
         assert index in plan, plan
 
@@ -183,14 +181,14 @@ def recorded_row(conn: psycopg.Connection[Any], prefix: str, job_id: int) -> tup
 
 @pytest.mark.parametrize("claim_too", [False, True], ids=["write", "write_and_claim"])
 @pytest.mark.parametrize("kind", sorted(OUTCOMES))
-def test_lone_outcome_records_as_in_a_batch(
+def test_lone_outcome_matches_batch(
     conn: psycopg.Connection[Any], database_dsn: str, prefix: str, kind: str, claim_too: bool
 ) -> None:
-    """One outcome goes through the one-row statements, more through the JSON batch.
+    """Check that the one-row record statements write and notify as the JSON batch does.
 
-    Both must write the same columns and send the same notifications. The
-    claim, when there is one, is made for another node than the one that ran
-    the attempts, so the outcome's node cannot be mistaken for the claim's.
+    One outcome takes the one-row statements, two take the JSON batch. A claim,
+    when there is one, is for another node than the one that ran the attempts,
+    so the outcome's node cannot be mistaken for the claim's.
     """
     statements = statements_for(prefix)
     for _ in range(3):
@@ -199,9 +197,9 @@ def test_lone_outcome_records_as_in_a_batch(
     (alone, attempt), (batched, _), (other, _) = sorted((row[0], row[6]) for row in claimed)
 
     def outcome(job_id: int) -> AttemptOutcome:
-        # A released attempt with a relay needs two notifications, its result
-        # and its queue's wake-up, which the one-row statements cannot carry.
-        # Without one, it takes them, with the wake-up as its notification.
+        # A released attempt with a relay needs two notifications (its result
+        # and its queue's wake-up), and the one-row statements carry one. So the
+        # released attempt here has no relay, and the wake-up is its notification.
         relay = None
         if kind != "released":
             relay = RelayTarget(RELAY_CHANNEL, "mailbox", f"ref-{job_id}", inline=True)
@@ -210,7 +208,7 @@ def test_lone_outcome_records_as_in_a_batch(
         )
 
     writer = OutcomeWriter(statements, WAKE_CHANNEL, None)
-    assert _lone([outcome(alone)], writer.notifications([outcome(alone)]))
+    assert _fits_one_row([outcome(alone)], writer.notifications([outcome(alone)]))
 
     def write(outcomes: list[AttemptOutcome]) -> None:
         if claim_too:
@@ -240,33 +238,42 @@ def test_lone_outcome_records_as_in_a_batch(
         for entry in parse_payload(payload)
     }
     assert announced.keys() == {alone, batched, other}
-    assert announced[alone].status == announced[batched].status == OUTCOMES[kind]["status"]
+    assert announced[alone].status == announced[batched].status
+    assert announced[alone].status == OUTCOMES[kind]["status"]
     assert announced[alone].payload == announced[batched].payload
     assert announced[alone].final == announced[batched].final
 
 
-def test_lone_and_batch_inserts_write_alike(conn: psycopg.Connection[Any], prefix: str) -> None:
-    """A lone job and a batch, whose rows are matched by relay ref, must write the same rows."""
+def test_lone_insert_matches_batch(conn: psycopg.Connection[Any], prefix: str) -> None:
+    """Check that a lone job and a batch write alike, with rows returned in input order."""
     statements = statements_for(prefix)
     later = datetime.now(UTC) + timedelta(hours=1)
-    job = Job(
-        worker="w",
-        args={"n": [1, "two"]},
-        queue=QUEUE,
-        tags=("a", "b"),
-        priority=3,
-        max_attempts=5,
-        scheduled_at=later,
-    )
-    (lone,) = execute_insert(statements, "unused", conn, [job], [{"relay": {"ref": "r0"}}])
+
+    def job(n: int) -> Job:
+        return Job(
+            worker="w",
+            args={"n": n},
+            queue=QUEUE,
+            tags=("a", "b"),
+            priority=3,
+            max_attempts=5,
+            scheduled_at=later,
+        )
+
+    (lone,) = execute_insert(statements, "unused", conn, [job(0)], [{"relay": {"ref": "r0"}}])
     batch = execute_insert(
-        statements, "unused", conn, [job, job], [{"relay": {"ref": "r1"}}, {"relay": {"ref": "r2"}}]
+        statements,
+        "unused",
+        conn,
+        [job(1), job(2)],
+        [{"relay": {"ref": "r1"}}, {"relay": {"ref": "r2"}}],
     )
     query = sql.SQL(
-        "SELECT state, queue, worker, args, tags, max_attempts, priority, scheduled_at"
+        "SELECT args, state, queue, worker, tags, max_attempts, priority, scheduled_at"
         " FROM {} WHERE id = %s"
     ).format(sql.Identifier(prefix, "jobs"))
     rows = [conn.execute(query, (row[0],)).fetchone() for row in [lone, *batch]]
-    assert rows[0] == rows[1] == rows[2]
-    assert rows[0] == ("scheduled", QUEUE, "w", {"n": [1, "two"]}, ["a", "b"], 5, 3, later)
+
+    for n, row in enumerate(rows):
+        assert row == ({"n": n}, "scheduled", QUEUE, "w", ["a", "b"], 5, 3, later)
     assert lone[1] == "scheduled"

@@ -38,8 +38,8 @@ class OutcomeWriter:
         """Record `outcomes` and announce their results."""
         batch = _first_per_attempt(outcomes)
         notifications = self.notifications(batch)
-        if _lone(batch, notifications):
-            statement, params = self._statements.record_one, _lone_params(batch, notifications)
+        if _fits_one_row(batch, notifications):
+            statement, params = self._statements.record_one, _one_row_params(batch, notifications)
         else:
             statement, params = self._statements.record, _params(batch, notifications)
         rows = conn.execute(statement, params).fetchall()
@@ -61,9 +61,9 @@ class OutcomeWriter:
         batch = _first_per_attempt(outcomes)
         notifications = self.notifications(batch)
         claim = {"node": node, "queue": queue, "limit": limit}
-        if _lone(batch, notifications):
+        if _fits_one_row(batch, notifications):
             statement = self._statements.record_one_and_claim
-            params = {**_lone_params(batch, notifications), **claim}
+            params = {**_one_row_params(batch, notifications), **claim}
         else:
             statement = self._statements.record_and_claim
             params = {**_params(batch, notifications), **claim}
@@ -164,17 +164,19 @@ def _first_per_attempt(outcomes: list[AttemptOutcome]) -> list[AttemptOutcome]:
     return list({(o.job_id, o.attempt): o for o in reversed(outcomes)}.values())[::-1]
 
 
-def _lone(batch: list[AttemptOutcome], notifications: list[Notification]) -> bool:
-    """Tell whether the batch fits the record statements for one outcome."""
+def _fits_one_row(batch: list[AttemptOutcome], notifications: list[Notification]) -> bool:
+    """Return whether the record statements for one outcome can write the batch."""
     return len(batch) == 1 and len(notifications) <= 1
 
 
-def _lone_params(batch: list[AttemptOutcome], notifications: list[Notification]) -> dict[str, Any]:
+def _one_row_params(
+    batch: list[AttemptOutcome], notifications: list[Notification]
+) -> dict[str, Any]:
     """Return the parameters of the record statements for one outcome, one per column."""
     (outcome,) = batch
     channel, payload, ids = notifications[0] if notifications else (None, None, [])
     columns = _outcome_columns(outcome)
-    # The claim of record_one_and_claim binds the claiming node as "node".
+    # record_one_and_claim binds the claiming node as "node".
     columns["outcome_node"] = columns.pop("node")
     return {
         **columns,
@@ -204,6 +206,7 @@ def _params(batch: list[AttemptOutcome], notifications: list[Notification]) -> d
 
 
 def _pairs_text(ids: list[tuple[int, int]]) -> str:
+    """Return (job id, attempt) pairs as the record statements read them: "1:2,3:1"."""
     return ",".join(f"{job_id}:{attempt}" for job_id, attempt in ids)
 
 
