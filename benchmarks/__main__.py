@@ -54,7 +54,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="tiny sizes (50 round trips, 500 jobs) for a smoke check",
+        help="tiny sizes (50 round trips, 500 and 2,000 jobs) for a smoke check",
     )
     parser.add_argument(
         "--relaxed-claims",
