@@ -31,21 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="level of the log lines written to stderr (default INFO for worker, WARNING for "
         "the others)",
     )
+    # The options of every command that connects to a schema's tables.
+    database_options = argparse.ArgumentParser(add_help=False)
+    database_options.add_argument(
+        "--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)"
+    )
+    database_options.add_argument(
+        "--prefix", default="public", help="schema of the tables (default public)"
+    )
+
     parser = argparse.ArgumentParser(prog="relay-actors", description=DESCRIPTION, parents=[common])
     commands = parser.add_subparsers(dest="command", required=True)
 
     worker = commands.add_parser(
         "worker",
-        parents=[common],
+        parents=[common, database_options],
         description="Run a node that executes jobs until SIGTERM or SIGINT, then stop "
         "gracefully. Modules are imported with the current directory on sys.path.",
         help="run a node that executes jobs until SIGTERM or SIGINT; "
         "$RELAY_ACTORS_SECRET, if set, signs relay results",
     )
-    worker.add_argument(
-        "--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)"
-    )
-    worker.add_argument("--prefix", default="public", help="schema of the tables (default public)")
     worker.add_argument(
         "--queue",
         action="append",
@@ -104,31 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds running jobs get to finish at shutdown (default {DEFAULT_SHUTDOWN_GRACE})",
     )
 
-    migrate_command = commands.add_parser(
+    commands.add_parser(
         "migrate",
-        parents=[common],
+        parents=[common, database_options],
         description="Create or upgrade the tables in a schema, then exit.",
         help="create or upgrade the tables in a schema, then exit",
-    )
-    migrate_command.add_argument(
-        "--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)"
-    )
-    migrate_command.add_argument(
-        "--prefix", default="public", help="schema of the tables (default public)"
     )
 
     status_command = commands.add_parser(
         "status",
-        parents=[common],
+        parents=[common, database_options],
         description="Print job counts per queue and state, and every node with its queues, "
         "last heartbeat, executors in use and pending relays.",
         help="show job counts per queue and state, and the nodes of a schema",
-    )
-    status_command.add_argument(
-        "--dsn", help="PostgreSQL DSN (default $RELAY_ACTORS_DSN, then $DATABASE_URL)"
-    )
-    status_command.add_argument(
-        "--prefix", default="public", help="schema of the tables (default public)"
     )
     status_command.add_argument(
         "--json", action="store_true", help="print the status as JSON instead of tables"
