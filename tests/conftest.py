@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import relay_actors
 from relay_actors import Instance, Relay
@@ -65,6 +65,27 @@ def wait_until(
             text = message() if callable(message) else message
             pytest.fail(f"timed out after {timeout:.1f} s: {text}")
         pause.wait(interval)
+
+
+def pytest_report_header() -> list[str]:
+    """Return a header line that names the PostgreSQL server this test session uses."""
+    base = os.environ.get(TEST_DSN_VARIABLE)
+    if not base:
+        return [
+            f"PostgreSQL: a private embedded server started for this session "
+            f"(set {TEST_DSN_VARIABLE} to test against your own server)"
+        ]
+    try:
+        parts = conninfo_to_dict(base)
+    except psycopg.ProgrammingError as error:
+        return [f"PostgreSQL: {TEST_DSN_VARIABLE} is not a valid DSN: {error}"]
+    location = ", ".join(
+        f"{key}={parts[key]}" for key in ("host", "port", "user", "dbname") if parts.get(key)
+    )
+    return [
+        f"PostgreSQL: the server of {TEST_DSN_VARIABLE} ({location or 'libpq defaults'}), "
+        "in a database created for this session"
+    ]
 
 
 @pytest.fixture(scope="session")
