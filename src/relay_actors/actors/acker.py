@@ -288,7 +288,7 @@ class AckerActor(pykka.ThreadingActor):
                     trace="",
                     node_id=outcome.node or self._node_id,
                     relay=outcome.relay,
-                    delay=_fallback_delay(outcome),
+                    delay=fallback_delay(outcome),
                 )
             try:
                 self._write([fallback])
@@ -310,13 +310,14 @@ class AckerActor(pykka.ThreadingActor):
         self._writer.write(self._conn, outcomes)
 
 
-def _fallback_delay(outcome: AttemptOutcome) -> float:
+def fallback_delay(outcome: AttemptOutcome) -> float:
     """Return the delay before the retry that a failed attempt replacing `outcome` allows.
 
-    A failed attempt's outcome carries its worker's backoff, bounded when the
-    outcome was made, and a lost attempt's outcome carries no delay. Any
-    other outcome gets the default backoff of its attempt.
+    A failed attempt keeps its worker's backoff, bounded when the outcome was
+    made. Any other outcome gets the default backoff of its attempt, a rescued
+    or released one too, so that a job whose outcomes cannot be written does
+    not run its attempts back to back.
     """
-    if outcome.state in ("retryable", "available"):
+    if outcome.state == "retryable":
         return outcome.delay
     return default_backoff(outcome.attempt)
