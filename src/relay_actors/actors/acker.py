@@ -311,12 +311,12 @@ class AckerActor(pykka.ThreadingActor):
 
 
 def fallback_delay(outcome: AttemptOutcome) -> float:
-    """Return the delay before the retry that a failed attempt replacing `outcome` allows.
+    """Return the delay before the retry of the failed attempt that replaces `outcome`.
 
-    A failed attempt keeps its worker's backoff, bounded when the outcome was
-    made. Any other outcome gets the default backoff of its attempt, a rescued
-    or released one too, so that a job whose outcomes cannot be written does
-    not run its attempts back to back.
+    An attempt that failed keeps its worker's backoff, bounded when the
+    outcome was made. Every other outcome, a rescued or released attempt's
+    included, gets the default backoff, so that a job whose outcomes cannot
+    be written does not run its attempts back to back.
     """
     if outcome.state == "retryable":
         return outcome.delay
