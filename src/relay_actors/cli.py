@@ -121,6 +121,7 @@ def run_worker(args: argparse.Namespace) -> int:
             secret=os.environ.get(SECRET_VARIABLE) or None,
             rescue_after=args.rescue_after,
             relaxed_claims=args.relaxed_claims,
+            relaxed_outcomes=args.relaxed_outcomes,
             pgbouncer=args.pgbouncer,
             listen_dsn=args.listen_dsn,
             shutdown_grace=args.grace,

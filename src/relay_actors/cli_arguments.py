@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "after a PostgreSQL crash)",
     )
     worker.add_argument(
+        "--relaxed-outcomes",
+        action="store_true",
+        help="commit claims and recorded outcomes without waiting for the WAL flush "
+        "(a job whose caller got its result may run again after a PostgreSQL crash); "
+        "not with --pgbouncer",
+    )
+    worker.add_argument(
         "--pgbouncer",
         action="store_true",
         help="connect through PgBouncer in transaction pooling mode: no prepared statements "

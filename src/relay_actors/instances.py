@@ -67,6 +67,7 @@ def start(
     prune_interval: float = 60.0,
     secret: str | bytes | None = None,
     relaxed_claims: bool = False,
+    relaxed_outcomes: bool = False,
     testing: str | None = None,
     pgbouncer: bool = False,
     listen_dsn: str | None = None,
@@ -120,6 +121,7 @@ def start(
         prune_interval=prune_interval,
         secret=secret.encode() if isinstance(secret, str) else secret,
         relaxed_claims=relaxed_claims,
+        relaxed_outcomes=relaxed_outcomes,
         pgbouncer=pgbouncer,
         listen_dsn=listen_dsn,
     )

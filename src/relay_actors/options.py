@@ -39,6 +39,13 @@ class Options:
             producer connection per queue. A claim lost in a PostgreSQL crash
             makes its job claimable again, so an attempt that was running
             may run a second time. Recorded outcomes stay durable.
+        relaxed_outcomes: commit claims and recorded outcomes without waiting
+            for the WAL flush, on one producer connection per queue. An
+            outcome lost in a PostgreSQL crash leaves its job executing until
+            the producer's audit or a rescue finds it, so a job whose caller
+            already got its result may run again. Inserts stay durable, and so
+            do the outcomes that the acker records after a failed write.
+            Direct connections only.
         pgbouncer: every connection but the listener's goes through PgBouncer
             in transaction pooling mode, so none keeps session state: no
             prepared statements, no session settings.
@@ -61,6 +68,7 @@ class Options:
     prune_interval: float = 60.0
     secret: bytes | None = None
     relaxed_claims: bool = False
+    relaxed_outcomes: bool = False
     pgbouncer: bool = False
     listen_dsn: str | None = None
 
@@ -88,7 +96,7 @@ class Options:
                 f"invalid secret: give at least {MIN_SECRET_BYTES} bytes of random data, "
                 "the same on every node, for example secrets.token_hex(32)"
             )
-        for name in ("relaxed_claims", "pgbouncer"):
+        for name in ("relaxed_claims", "relaxed_outcomes", "pgbouncer"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(
                     f"invalid {name} {getattr(self, name)!r}: give True or False"
@@ -104,6 +112,13 @@ class Options:
                 "pgbouncer=True needs listen_dsn='postgresql://...', a DSN that reaches "
                 "PostgreSQL directly, because LISTEN does not work through transaction pooling"
             )
+        if self.relaxed_outcomes and self.pgbouncer:
+            raise ConfigurationError(
+                "relaxed_outcomes=True does not work with pgbouncer=True: through transaction "
+                "pooling each write would need its own transaction to turn off "
+                "synchronous_commit, which costs more than the WAL flush it saves; "
+                "run ALTER ROLE ... SET synchronous_commit = off for the worker's role instead"
+            )
         if self.rescue_after <= 2 * self.heartbeat_interval:
             raise ConfigurationError(
                 f"rescue_after ({self.rescue_after} s) must exceed twice heartbeat_interval "
@@ -117,14 +132,15 @@ class Options:
         Every node has a listener, an acker (connected once it records an
         outcome), a result poller and a lifeline. A node that runs queues adds
         a stager, a pruner and one producer per queue, or two per queue with
-        `relaxed_claims` on direct connections. Caller threads share at
+        `relaxed_claims` on direct connections, unless `relaxed_outcomes` puts
+        claims back on the one connection. Caller threads share at
         most `pool_size` more. A short-lived migrator connection opens and
         closes at start, before the others.
         """
         fixed = 4
         if self.queues:
             fixed += 2 + len(self.queues)
-            if self.relaxed_claims and not self.pgbouncer:
+            if self.relaxed_claims and not self.pgbouncer and not self.relaxed_outcomes:
                 fixed += len(self.queues)
         return fixed + self.pool_size
 

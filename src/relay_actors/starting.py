@@ -165,6 +165,7 @@ def _producer_factory(
             poll_interval=instance.options.poll_interval,
             audit_interval=instance.options.rescue_after,
             relaxed_claims=instance.options.relaxed_claims,
+            relaxed_outcomes=instance.options.relaxed_outcomes,
             secret=instance.options.secret,
             attempts=attempts,
             unrecorded=instance.unrecorded,

@@ -46,6 +46,26 @@ def test_caller_awaits_remote_result(
     assert node.process.poll() is None
 
 
+def test_node_with_relaxed_outcomes_answers(
+    start_instance: Callable[..., Instance],
+    start_node: Callable[..., NodeProcess],
+    db: psycopg.Connection[Any],
+    prefix: str,
+) -> None:
+    node = start_node({QUICK_QUEUE: 2}, node="relaxed", options=["--relaxed-outcomes"])
+    caller = start_instance(queues={})
+    relays = [Relay.async_(caller.name, Echo.new({"value": i})) for i in range(5)]
+
+    assert Relay.await_many(relays, timeout=RESULT_TIMEOUT) == [Ok(i) for i in range(5)]
+    assert node.process.poll() is None
+    ids = [relay.job.id for relay in relays]
+    states = db.execute(
+        sql.SQL("SELECT state FROM {} WHERE id = ANY(%s)").format(sql.Identifier(prefix, "jobs")),
+        (ids,),
+    ).fetchall()
+    assert states == [("completed",)] * 5
+
+
 def test_caller_gets_remote_exception(
     start_instance: Callable[..., Instance], start_node: Callable[..., NodeProcess]
 ) -> None:

@@ -83,6 +83,7 @@ class ProducerActor(pykka.ThreadingActor):
         poll_interval: float,
         audit_interval: float = 60.0,
         relaxed_claims: bool = False,
+        relaxed_outcomes: bool = False,
         secret: bytes | None = None,
         attempts: RunningAttempts | None = None,
         unrecorded: UnrecordedOutcomes | None = None,
@@ -106,6 +107,7 @@ class ProducerActor(pykka.ThreadingActor):
             queue=queue,
             node_id=node_id,
             relaxed_claims=relaxed_claims,
+            relaxed_outcomes=relaxed_outcomes,
             secret=secret,
         )
         self._outcomes: list[AttemptOutcome] = []

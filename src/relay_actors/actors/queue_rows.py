@@ -28,7 +28,9 @@ class QueueRows:
 
     With `relaxed_claims`, claims that record no outcomes commit on a second
     connection with `synchronous_commit = off`, so that outcomes, and claims
-    made in their statement, still wait for the WAL flush.
+    made in their statement, still wait for the WAL flush. With
+    `relaxed_outcomes` (direct connections only), the one connection commits
+    claims and outcomes alike without waiting for the flush.
     """
 
     def __init__(
@@ -40,12 +42,14 @@ class QueueRows:
         node_id: str,
         relaxed_claims: bool,
         secret: bytes | None,
+        relaxed_outcomes: bool = False,
     ) -> None:
         self._dsn = dsn
         self._prefix = prefix
         self._queue = queue
         self._node_id = node_id
         self._relaxed_claims = relaxed_claims
+        self._relaxed_outcomes = relaxed_outcomes
         self._statements = statements_for(prefix)
         self._writer = OutcomeWriter(self._statements, insert_channel(prefix), secret)
         self._conn: psycopg.Connection[Row] | None = None
@@ -98,7 +102,7 @@ class QueueRows:
 
     def _claim(self, limit: int) -> list[Row]:
         params = {"node": self._node_id, "queue": self._queue, "limit": limit}
-        if not self._relaxed_claims:
+        if not self._relaxed_claims or self._relaxed_outcomes:
             return self._connection().execute(self._statements.claim, params).fetchall()
         if not is_pooled(self._dsn):
             return self._claim_connection().execute(self._statements.claim, params).fetchall()
@@ -111,7 +115,14 @@ class QueueRows:
 
     def _connection(self) -> psycopg.Connection[Row]:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self._dsn, f"producer {self._queue}", self._node_id)
+            conn = connect(self._dsn, f"producer {self._queue}", self._node_id)
+            if self._relaxed_outcomes:
+                try:
+                    conn.execute("SET synchronous_commit = off")
+                except BaseException:
+                    conn.close()
+                    raise
+            self._conn = conn
         return self._conn
 
     def _claim_connection(self) -> psycopg.Connection[Row]:
