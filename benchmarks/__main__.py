@@ -63,6 +63,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "waiting for the WAL flush)",
     )
     parser.add_argument(
+        "--relaxed-outcomes",
+        action="store_true",
+        help="run the relay_actors worker node with --relaxed-outcomes (claims and outcomes "
+        "commit without waiting for the WAL flush)",
+    )
+    parser.add_argument(
         "--pgbouncer",
         action="store_true",
         help="also run relay_actors' latency and smaller throughput workloads through a private "
@@ -98,12 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     if args.relaxed_claims:
         relay_bench.NODE_OPTIONS.append("--relaxed-claims")
+    if args.relaxed_outcomes:
+        if args.pgbouncer:
+            print(
+                "invalid options: --relaxed-outcomes does not work with --pgbouncer; "
+                "give one of them",
+                file=sys.stderr,
+            )
+            return 2
+        relay_bench.NODE_OPTIONS.append("--relaxed-outcomes")
     started = time.monotonic()
     runs: list[dict[str, Any]] = []
     try:
         with database(args.dsn) as (dsn, kind):
             env = environment(dsn, kind)
             env["relaxed_claims"] = args.relaxed_claims
+            env["relaxed_outcomes"] = args.relaxed_outcomes
             with ExitStack() as stack:
                 bouncer_dsn = None
                 if args.pgbouncer:

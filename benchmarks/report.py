@@ -232,6 +232,15 @@ def _seconds(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.2f} s"
 
 
+def _commit_mode(environment: dict[str, Any]) -> str:
+    """Return which of the relay_actors worker's commits wait for the WAL flush."""
+    if environment.get("relaxed_outcomes"):
+        return "claims and outcomes without the flush (--relaxed-outcomes)"
+    if environment.get("relaxed_claims"):
+        return "claims without the flush (--relaxed-claims)"
+    return "all durable"
+
+
 def format_table(summary: list[dict[str, Any]], environment: dict[str, Any], runs: int) -> str:
     """Return the summary as a Markdown table, preceded by the environment."""
 
@@ -245,7 +254,8 @@ def format_table(summary: list[dict[str, Any]], environment: dict[str, Any], run
         f"{environment['cpu_count']} CPUs ({environment.get('cpu_model') or 'model unknown'}); "
         f"Python {environment['python']}, 10 million additions in a loop: "
         f"{_seconds(environment.get('python_loop_seconds'))}; "
-        f"median of {runs} run{'s' if runs != 1 else ''}",
+        f"median of {runs} run{'s' if runs != 1 else ''}; "
+        f"relay_actors worker commits: {_commit_mode(environment)}",
         "",
         "| figure | relay_actors | floor | relay_actors/floor |",
         "| --- | ---: | ---: | ---: |",
