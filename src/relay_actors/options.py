@@ -116,8 +116,9 @@ class Options:
             raise ConfigurationError(
                 "relaxed_outcomes=True does not work with pgbouncer=True: through transaction "
                 "pooling each write would need its own transaction to turn off "
-                "synchronous_commit, which costs more than the WAL flush it saves; "
-                "run ALTER ROLE ... SET synchronous_commit = off for the worker's role instead"
+                "synchronous_commit, which costs more than the WAL flush it saves; drop it, "
+                "or give the worker nodes a role of their own with "
+                "ALTER ROLE ... SET synchronous_commit = off, which relaxes all their commits"
             )
         if self.rescue_after <= 2 * self.heartbeat_interval:
             raise ConfigurationError(
