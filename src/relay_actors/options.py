@@ -114,11 +114,12 @@ class Options:
             )
         if self.relaxed_outcomes and self.pgbouncer:
             raise ConfigurationError(
-                "relaxed_outcomes=True does not work with pgbouncer=True: through transaction "
-                "pooling each write would need its own transaction to turn off "
-                "synchronous_commit, which costs more than the WAL flush it saves; drop it, "
-                "or give the worker nodes a role of their own with "
-                "ALTER ROLE ... SET synchronous_commit = off, which relaxes all their commits"
+                "relaxed_outcomes=True (--relaxed-outcomes) does not work with pgbouncer=True "
+                "(--pgbouncer): through transaction pooling each write would need its own "
+                "transaction to turn off synchronous_commit, which costs more than the WAL "
+                "flush it saves. Turn relaxed_outcomes off, or give the worker nodes a role "
+                "of their own with ALTER ROLE ... SET synchronous_commit = off, which relaxes "
+                "all their commits"
             )
         if self.rescue_after <= 2 * self.heartbeat_interval:
             raise ConfigurationError(

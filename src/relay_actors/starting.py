@@ -139,13 +139,25 @@ def start_actors(instance: Instance) -> None:
     )
     instance._ticker.start()
     logger.info(
-        "instance %s started as node %s on schema %s with queues %s",
+        "instance %s started as node %s on schema %s with queues %s%s",
         instance.name,
         instance.node_id,
         instance.prefix,
         instance.queues or "{}",
+        _commit_mode(instance),
         extra={"action": "instance_start", "node": instance.node_id},
     )
+
+
+def _commit_mode(instance: Instance) -> str:
+    """Return the log line's note on which producer commits skip the WAL flush, if any."""
+    if not instance.queues:
+        return ""
+    if instance.options.relaxed_outcomes:
+        return "; claims and outcomes commit without waiting for the WAL flush"
+    if instance.options.relaxed_claims:
+        return "; claims commit without waiting for the WAL flush"
+    return ""
 
 
 def _producer_factory(

@@ -64,6 +64,7 @@ def test_node_with_relaxed_outcomes_answers(
         (ids,),
     ).fetchall()
     assert states == [("completed",)] * 5
+    assert "claims and outcomes commit without waiting for the WAL flush" in node.stderr()
 
 
 def test_caller_gets_remote_exception(

@@ -110,5 +110,6 @@ def test_relaxed_outcomes_must_be_a_bool(value: object) -> None:
 
 
 def test_relaxed_outcomes_rejected_with_pgbouncer() -> None:
-    with pytest.raises(ConfigurationError, match="relaxed_outcomes=True does not work"):
+    expected = r"relaxed_outcomes=True \(--relaxed-outcomes\) does not work"
+    with pytest.raises(ConfigurationError, match=expected):
         Options(queues={}, relaxed_outcomes=True, pgbouncer=True, listen_dsn="host=x")
