@@ -144,12 +144,12 @@ def start_actors(instance: Instance) -> None:
         instance.node_id,
         instance.prefix,
         instance.queues or "{}",
-        _commit_mode(instance),
+        _relaxed_commits_note(instance),
         extra={"action": "instance_start", "node": instance.node_id},
     )
 
 
-def _commit_mode(instance: Instance) -> str:
+def _relaxed_commits_note(instance: Instance) -> str:
     """Return the log line's note on which producer commits skip the WAL flush, if any."""
     if not instance.queues:
         return ""

@@ -51,21 +51,31 @@ def test_max_connections_relaxed_claims() -> None:
     assert pooled.max_connections == 11
 
 
+@pytest.mark.parametrize(("relaxed_outcomes", "claims_connections"), [(False, 1), (True, 0)])
 def test_relaxed_claims_connections(
-    start_instance: Callable[..., Instance], db: psycopg.Connection[Any]
+    start_instance: Callable[..., Instance],
+    db: psycopg.Connection[Any],
+    relaxed_outcomes: bool,
+    claims_connections: int,
 ) -> None:
-    instance = start_instance(queues={QUICK_QUEUE: 2}, pool_size=2, relaxed_claims=True)
+    instance = start_instance(
+        queues={QUICK_QUEUE: 2},
+        pool_size=2,
+        relaxed_claims=True,
+        relaxed_outcomes=relaxed_outcomes,
+    )
     relays = [Relay.async_(instance.name, Double.new({"int": value})) for value in range(5)]
 
     results = Relay.await_many(relays, timeout=RESULT_TIMEOUT)
 
     assert results == [Ok(2 * value) for value in range(5)]
     # The producer records the outcomes on its durable connection, and the
-    # claims that record nothing commit on its second one.
+    # claims that record nothing commit on its second one. With relaxed
+    # outcomes, claims and outcomes share the one connection.
     assert instance.statistics()[f"producer {QUICK_QUEUE}"]["recorded"] == 5
     roles = connections_by_role(db, instance.node_id)
     assert roles[f"producer {QUICK_QUEUE}"] == 1
-    assert roles[f"producer {QUICK_QUEUE} claims"] == 1
+    assert roles[f"producer {QUICK_QUEUE} claims"] == claims_connections
     assert sum(roles.values()) <= instance.options.max_connections
 
 

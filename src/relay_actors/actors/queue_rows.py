@@ -102,6 +102,7 @@ class QueueRows:
 
     def _claim(self, limit: int) -> list[Row]:
         params = {"node": self._node_id, "queue": self._queue, "limit": limit}
+        # With relaxed outcomes the main connection skips the flush already.
         if not self._relaxed_claims or self._relaxed_outcomes:
             return self._connection().execute(self._statements.claim, params).fetchall()
         if not is_pooled(self._dsn):
