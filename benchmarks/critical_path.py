@@ -1,0 +1,283 @@
+"""Where a lone round trip spends its time: `python -m benchmarks.critical_path [--dsn DSN]`.
+
+Runs sequential round trips of a no-op job with a worker node in another
+process, as the latency workload does. It records when each step of every
+round trip happens in both processes: the caller's insert, the worker's
+listener, producer, claim, executor and outcome statement, then the caller's
+listener and await. It prints the median time of each step since `async_` was
+called.
+
+This is a diagnostic, not a benchmark figure: it wraps internal methods of
+relay_actors to record the steps, which adds a few microseconds to each, so
+its total is a little above the benchmark's p50. Both processes read
+`time.perf_counter_ns()`, which is CLOCK_MONOTONIC on Linux and so shared by
+the processes of one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+import relay_actors
+from benchmarks import relay_bench
+from benchmarks.processes import start_child, stop_when_parent_exits
+from benchmarks.server import database, fresh_schema
+from benchmarks.workers import Echo
+from relay_actors import Ok, Relay
+from relay_actors.actors.executor import ExecutorActor
+from relay_actors.actors.listener import ListenerActor
+from relay_actors.actors.producer import ProducerActor
+from relay_actors.store.statements import statements_for
+
+Event = tuple[str, int]
+
+# The first argument of a traced worker node's command line.
+NODE_MODE = "--traced-node"
+START = "caller: async_ called"
+END = "caller: await_ returned"
+# Producer messages whose arrival is a step. Ticks and other messages are not.
+PRODUCER_STEPS = {"Wake", "Claim", "ExecutorIdle"}
+
+
+class Recorder:
+    """Events of one process as (step, perf_counter_ns) pairs.
+
+    Any thread may mark a step, because list.append is atomic in CPython.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def mark(self, step: str) -> None:
+        self.events.append((step, time.perf_counter_ns()))
+
+    def dump(self, path: Path) -> None:
+        path.write_text(json.dumps(self.events))
+
+
+def install(recorder: Recorder, schema: str, role: str) -> None:
+    """Wrap the methods of relay_actors whose calls are the steps of a round trip.
+
+    `role` ("caller" or "worker") prefixes the listener's and the statements' steps.
+    """
+    statements = statements_for(schema)
+    names = {
+        statements.insert: "insert",
+        statements.claim: "claim",
+        statements.record_one: "outcome",
+        statements.record: "outcome",
+        statements.record_one_and_claim: "outcome and claim",
+        statements.record_and_claim: "outcome and claim",
+    }
+    mark = recorder.mark
+
+    execute = psycopg.Connection.execute
+
+    def traced_execute(self: psycopg.Connection[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        name = names.get(query) if isinstance(query, bytes) else None
+        if name is None:
+            return execute(self, query, *args, **kwargs)
+        mark(f"{role}: {name} statement sent")
+        try:
+            return execute(self, query, *args, **kwargs)
+        finally:
+            mark(f"{role}: {name} statement returned")
+
+    psycopg.Connection.execute = traced_execute  # type: ignore[method-assign]
+
+    dispatch = ListenerActor._dispatch
+
+    def traced_dispatch(self: ListenerActor, channel: str, payload: str) -> None:
+        kind = "result" if channel == self._relay_channel else "insert"
+        mark(f"{role} listener: {kind} notification")
+        dispatch(self, channel, payload)
+
+    ListenerActor._dispatch = traced_dispatch  # type: ignore[method-assign]
+
+    resolve = ListenerActor._resolve_waiting
+
+    def traced_resolve(self: ListenerActor, entry: Any) -> None:
+        resolve(self, entry)
+        mark(f"{role} listener: waiting future resolved")
+
+    ListenerActor._resolve_waiting = traced_resolve  # type: ignore[method-assign]
+
+    _wrap_receive(ProducerActor, "producer", mark, PRODUCER_STEPS)
+    _wrap_receive(ExecutorActor, "executor", mark, {"Execute"})
+
+    hand_on = ExecutorActor._hand_on
+
+    def traced_hand_on(self: ExecutorActor, outcome: Any) -> None:
+        mark("executor: outcome handed on")
+        hand_on(self, outcome)
+
+    ExecutorActor._hand_on = traced_hand_on  # type: ignore[method-assign]
+
+
+def _wrap_receive(
+    actor_class: type[Any], name: str, mark: Callable[[str], None], steps: set[str]
+) -> None:
+    receive = actor_class.on_receive
+
+    def traced_receive(self: Any, message: Any) -> Any:
+        kind = type(message).__name__
+        if kind in steps:
+            mark(f"{name}: {kind} received")
+        return receive(self, message)
+
+    actor_class.on_receive = traced_receive
+
+
+def timeline(events: list[Event]) -> tuple[list[tuple[str, float, int]], int]:
+    """Return (step, median microseconds from START, rounds that had it) and the round count.
+
+    Events are split into rounds from each START to the next END. A step
+    seen twice in a round gets " (2)" appended. Steps that most rounds lack,
+    such as a heartbeat's statement, are left out. Steps are ordered by
+    their median time.
+    """
+    rounds: list[list[Event]] = []
+    current: list[Event] | None = None
+    for step, ns in sorted(events, key=lambda event: event[1]):
+        if step == START:
+            current = [(step, ns)]
+        elif current is not None:
+            current.append((step, ns))
+            if step == END:
+                rounds.append(current)
+                current = None
+    offsets: dict[str, list[float]] = {}
+    for found in rounds:
+        started = found[0][1]
+        for step, ns in _numbered(found):
+            offsets.setdefault(step, []).append((ns - started) / 1000)
+    steps = [
+        (step, statistics.median(values), len(values))
+        for step, values in offsets.items()
+        if len(values) >= len(rounds) / 2
+    ]
+    return sorted(steps, key=lambda step: step[1]), len(rounds)
+
+
+def _numbered(found: list[Event]) -> list[Event]:
+    seen: Counter[str] = Counter()
+    numbered = []
+    for step, ns in found:
+        seen[step] += 1
+        numbered.append((step if seen[step] == 1 else f"{step} ({seen[step]})", ns))
+    return numbered
+
+
+def format_timeline(steps: list[tuple[str, float, int]], rounds: int) -> str:
+    lines = [
+        f"medians of {rounds} round trips",
+        "",
+        "| step | µs since async_ | µs since the step above | round trips with the step |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    previous = 0.0
+    for step, offset, count in steps:
+        lines.append(f"| {step} | {offset:,.0f} | {offset - previous:,.0f} | {count} |")
+        previous = offset
+    return "\n".join(lines)
+
+
+def run_node(trace: Path, schema: str, arguments: list[str]) -> int:
+    """Run a traced worker node, which writes its steps to `trace` when it exits."""
+    from relay_actors.cli import main
+
+    recorder = Recorder()
+    install(recorder, schema, "worker")
+    atexit.register(recorder.dump, trace)
+    stop_when_parent_exits()
+    return main(["--log-level", "WARNING", "worker", *arguments])
+
+
+@contextmanager
+def traced_node(dsn: str, schema: str, trace: Path) -> Iterator[None]:
+    arguments = relay_bench.worker_node_arguments(dsn, schema)[1:]
+    child = start_child(
+        "traced relay_actors worker node",
+        ["benchmarks.critical_path", NODE_MODE, str(trace), schema, *arguments],
+    )
+    try:
+        yield
+    finally:
+        child.stop()
+
+
+def measure(dsn: str, rounds: int, warmup: int) -> tuple[list[tuple[str, float, int]], int]:
+    """Time `warmup + rounds` round trips and return the timeline of the last `rounds`."""
+    recorder = Recorder()
+    with fresh_schema(dsn) as schema, tempfile.TemporaryDirectory() as directory:
+        trace = Path(directory) / "worker.json"
+        install(recorder, schema, "caller")
+        with (
+            traced_node(dsn, schema, trace),
+            relay_actors.start(
+                name=relay_bench.INSTANCE,
+                dsn=dsn,
+                queues={},
+                plugins=[Relay],
+                prefix=schema,
+                node=relay_bench.CALLER_NODE_NAME,
+            ),
+        ):
+            for n in range(warmup + rounds):
+                if n == warmup:
+                    recorder.events.clear()
+                recorder.mark(START)
+                relay = Relay.async_(relay_bench.INSTANCE, Echo.new({"n": n}))
+                recorder.mark("caller: async_ returned")
+                result = Relay.await_(relay, timeout=relay_bench.LATENCY_TIMEOUT_SECONDS)
+                recorder.mark(END)
+                if result != Ok(n):
+                    raise RuntimeError(f"job n={n}: expected Ok({n}), got {result!r:.300}")
+        worker_events = [tuple(event) for event in json.loads(trace.read_text())]
+    return timeline(recorder.events + worker_events)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [NODE_MODE]:
+        # Started by traced_node: the trace file, the schema, then `worker` arguments.
+        return run_node(Path(argv[1]), argv[2], argv[3:])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.critical_path", description=__doc__)
+    parser.add_argument(
+        "--dsn",
+        help="PostgreSQL server; a schema bench_<hex> is created and dropped on it "
+        "(default $RELAY_ACTORS_DSN, else an embedded server started and stopped here)",
+    )
+    parser.add_argument("--rounds", type=int, default=500, help="timed round trips (default 500)")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed first round trips")
+    parser.add_argument(
+        "--relaxed-outcomes",
+        action="store_true",
+        help="start the worker node with --relaxed-outcomes",
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error("--rounds must be at least 1 and --warmup at least 0")
+    if args.relaxed_outcomes:
+        relay_bench.NODE_OPTIONS.append("--relaxed-outcomes")
+    with database(args.dsn) as (dsn, _):
+        steps, timed = measure(dsn, args.rounds, args.warmup)
+    print(format_timeline(steps, timed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
