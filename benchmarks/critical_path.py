@@ -1,4 +1,4 @@
-"""Where a lone round trip spends its time: `python -m benchmarks.critical_path [--dsn DSN]`.
+"""Timeline of a lone round trip's steps: `python -m benchmarks.critical_path [--dsn DSN]`.
 
 Runs sequential round trips of a no-op job with a worker node in another
 process, as the latency workload does. It records when each step of every
@@ -101,7 +101,8 @@ def install(recorder: Recorder, schema: str, role: str) -> None:
     dispatch = ListenerActor._dispatch
 
     def traced_dispatch(self: ListenerActor, channel: str, payload: str) -> None:
-        kind = "result" if channel == self._relay_channel else "insert"
+        kinds = {self._relay_channel: "result", self._insert_channel: "insert"}
+        kind = kinds.get(channel, "control")
         mark(f"{role} listener: {kind} notification")
         dispatch(self, channel, payload)
 
@@ -141,13 +142,10 @@ def _wrap_receive(
     actor_class.on_receive = traced_receive
 
 
-def timeline(events: list[Event]) -> tuple[list[tuple[str, float, int]], int]:
-    """Return (step, median microseconds from START, rounds that had it) and the round count.
+def split_rounds(events: list[Event]) -> list[list[Event]]:
+    """Return the events of each round, from a START to the next END, in time order.
 
-    Events are split into rounds from each START to the next END. A step
-    seen twice in a round gets " (2)" appended. Steps that most rounds lack,
-    such as a heartbeat's statement, are left out. Steps are ordered by
-    their median time.
+    A step seen twice in a round gets " (2)" appended. Events outside rounds are dropped.
     """
     rounds: list[list[Event]] = []
     current: list[Event] | None = None
@@ -157,19 +155,46 @@ def timeline(events: list[Event]) -> tuple[list[tuple[str, float, int]], int]:
         elif current is not None:
             current.append((step, ns))
             if step == END:
-                rounds.append(current)
+                rounds.append(_numbered(current))
                 current = None
+    return rounds
+
+
+def timeline(rounds: list[list[Event]]) -> list[tuple[str, float, int]]:
+    """Return (step, median microseconds from START, rounds that had it) of each step.
+
+    Steps that most rounds lack, such as a heartbeat's statement, are left
+    out. Steps are ordered by their median time, so neighbouring rows may
+    come from different processes.
+    """
     offsets: dict[str, list[float]] = {}
     for found in rounds:
         started = found[0][1]
-        for step, ns in _numbered(found):
+        for step, ns in found:
             offsets.setdefault(step, []).append((ns - started) / 1000)
     steps = [
         (step, statistics.median(values), len(values))
         for step, values in offsets.items()
         if len(values) >= len(rounds) / 2
     ]
-    return sorted(steps, key=lambda step: step[1]), len(rounds)
+    return sorted(steps, key=lambda step: step[1])
+
+
+def statement_times(rounds: list[list[Event]]) -> list[tuple[str, float, int]]:
+    """Return (statement, median microseconds from sent to returned, rounds that had it)."""
+    durations: dict[str, list[float]] = {}
+    for found in rounds:
+        times = dict(found)
+        for step, ns in found:
+            name, sent, number = step.partition(" statement sent")
+            returned = times.get(f"{name} statement returned{number}")
+            if sent and returned is not None:
+                durations.setdefault(name + number, []).append((returned - ns) / 1000)
+    return [
+        (name, statistics.median(values), len(values))
+        for name, values in durations.items()
+        if len(values) >= len(rounds) / 2
+    ]
 
 
 def _numbered(found: list[Event]) -> list[Event]:
@@ -181,17 +206,24 @@ def _numbered(found: list[Event]) -> list[Event]:
     return numbered
 
 
-def format_timeline(steps: list[tuple[str, float, int]], rounds: int) -> str:
+def format_report(rounds: list[list[Event]], header: str) -> str:
     lines = [
-        f"medians of {rounds} round trips",
+        header,
         "",
-        "| step | µs since async_ | µs since the step above | round trips with the step |",
+        "| step | µs since async_ | µs after the row above | round trips with the step |",
         "| --- | ---: | ---: | ---: |",
     ]
     previous = 0.0
-    for step, offset, count in steps:
+    for step, offset, count in timeline(rounds):
         lines.append(f"| {step} | {offset:,.0f} | {offset - previous:,.0f} | {count} |")
         previous = offset
+    lines += [
+        "",
+        "| statement | µs from sent to returned | round trips with the statement |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, duration, count in statement_times(rounds):
+        lines.append(f"| {name} | {duration:,.0f} | {count} |")
     return "\n".join(lines)
 
 
@@ -219,8 +251,8 @@ def traced_node(dsn: str, schema: str, trace: Path) -> Iterator[None]:
         child.stop()
 
 
-def measure(dsn: str, rounds: int, warmup: int) -> tuple[list[tuple[str, float, int]], int]:
-    """Time `warmup + rounds` round trips and return the timeline of the last `rounds`."""
+def measure(dsn: str, rounds: int, warmup: int) -> list[Event]:
+    """Time `warmup + rounds` round trips and return both processes' events of the last `rounds`."""
     recorder = Recorder()
     with fresh_schema(dsn) as schema, tempfile.TemporaryDirectory() as directory:
         trace = Path(directory) / "worker.json"
@@ -246,8 +278,8 @@ def measure(dsn: str, rounds: int, warmup: int) -> tuple[list[tuple[str, float, 
                 recorder.mark(END)
                 if result != Ok(n):
                     raise RuntimeError(f"job n={n}: expected Ok({n}), got {result!r:.300}")
-        worker_events = [tuple(event) for event in json.loads(trace.read_text())]
-    return timeline(recorder.events + worker_events)
+        worker_events = [(step, ns) for step, ns in json.loads(trace.read_text())]
+    return recorder.events + worker_events
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == [NODE_MODE]:
         # Started by traced_node: the trace file, the schema, then `worker` arguments.
         return run_node(Path(argv[1]), argv[2], argv[3:])
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks.critical_path", description=__doc__)
     parser.add_argument(
         "--dsn",
@@ -262,20 +295,40 @@ def main(argv: list[str] | None = None) -> int:
         "(default $RELAY_ACTORS_DSN, else an embedded server started and stopped here)",
     )
     parser.add_argument("--rounds", type=int, default=500, help="timed round trips (default 500)")
-    parser.add_argument("--warmup", type=int, default=100, help="untimed first round trips")
+    parser.add_argument(
+        "--warmup", type=int, default=100, help="untimed round trips before those (default 100)"
+    )
     parser.add_argument(
         "--relaxed-outcomes",
         action="store_true",
         help="start the worker node with --relaxed-outcomes",
     )
+    parser.add_argument(
+        "--events",
+        type=Path,
+        help="also write every recorded (step, perf_counter_ns) event to this JSON file",
+    )
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.warmup < 0:
-        parser.error("--rounds must be at least 1 and --warmup at least 0")
+
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, not {args.rounds}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be at least 0, not {args.warmup}")
+    mode = "relaxed outcomes" if args.relaxed_outcomes else "durable"
     if args.relaxed_outcomes:
         relay_bench.NODE_OPTIONS.append("--relaxed-outcomes")
-    with database(args.dsn) as (dsn, _):
-        steps, timed = measure(dsn, args.rounds, args.warmup)
-    print(format_timeline(steps, timed))
+
+    with database(args.dsn) as (dsn, kind):
+        events = measure(dsn, args.rounds, args.warmup)
+    if args.events is not None:
+        args.events.write_text(json.dumps(sorted(events, key=lambda event: event[1])))
+
+    rounds = split_rounds(events)
+    header = (
+        f"medians of {len(rounds)} round trips after {args.warmup} untimed ones; "
+        f"server: {kind}; worker commits: {mode}"
+    )
+    print(format_report(rounds, header))
     return 0
 
 

@@ -1,8 +1,15 @@
-"""The critical-path diagnostic's timeline: rounds, medians, repeated and rare steps."""
+"""The critical-path diagnostic's report: rounds, medians, repeated and rare steps."""
 
 from __future__ import annotations
 
-from benchmarks.critical_path import END, START, format_timeline, timeline
+from benchmarks.critical_path import (
+    END,
+    START,
+    format_report,
+    split_rounds,
+    statement_times,
+    timeline,
+)
 
 
 def round_events(started: int, steps: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -17,27 +24,36 @@ def test_timeline_takes_medians_per_step() -> None:
     for number, claim_at in enumerate([100, 300, 200]):
         events += round_events(number * 10**9, [("claim", claim_at), (END, 1000)])
 
-    steps, rounds = timeline(events)
+    rounds = split_rounds(events)
 
-    assert rounds == 3
-    assert steps == [(START, 0.0, 3), ("claim", 200.0, 3), (END, 1000.0, 3)]
+    assert len(rounds) == 3
+    assert timeline(rounds) == [(START, 0.0, 3), ("claim", 200.0, 3), (END, 1000.0, 3)]
 
 
-def test_timeline_numbers_repeated_steps() -> None:
+def test_split_rounds_numbers_repeated_steps() -> None:
     events = round_events(0, [("claim", 100), ("claim", 400), (END, 500)])
 
-    steps, _ = timeline(events)
+    steps = [step for step, _ in split_rounds(events)[0]]
 
-    assert [step for step, _, _ in steps] == [START, "claim", "claim (2)", END]
+    assert steps == [START, "claim", "claim (2)", END]
 
 
-def test_timeline_merges_processes_by_time() -> None:
+def test_split_rounds_merges_processes_by_time() -> None:
     caller = round_events(0, [(END, 900)])
     worker = [("worker step", 500 * 1000)]
 
-    steps, _ = timeline(worker + caller)
+    steps = [step for step, _ in split_rounds(worker + caller)[0]]
 
-    assert [step for step, _, _ in steps] == [START, "worker step", END]
+    assert steps == [START, "worker step", END]
+
+
+def test_split_rounds_drops_events_outside_rounds() -> None:
+    events = [("before any round", 0), *round_events(10, [(END, 100)]), ("after", 10**9)]
+
+    rounds = split_rounds(events)
+
+    assert len(rounds) == 1
+    assert [step for step, _ in rounds[0]] == [START, END]
 
 
 def test_timeline_leaves_out_rare_steps() -> None:
@@ -45,28 +61,55 @@ def test_timeline_leaves_out_rare_steps() -> None:
     for number in range(1, 4):
         events += round_events(number * 10**9, [(END, 100)])
 
-    steps, rounds = timeline(events)
+    steps = timeline(split_rounds(events))
 
-    assert rounds == 4
     assert "heartbeat" not in [step for step, _, _ in steps]
 
 
-def test_timeline_ignores_events_outside_rounds() -> None:
-    events = [("before any round", 0), *round_events(10, [(END, 100)]), ("after", 10**9)]
-
-    steps, rounds = timeline(events)
-
-    assert rounds == 1
-    assert [step for step, _, _ in steps] == [START, END]
-
-
 def test_timeline_without_rounds_is_empty() -> None:
-    assert timeline([("claim", 5)]) == ([], 0)
+    assert split_rounds([("claim", 5)]) == []
+    assert timeline([]) == []
 
 
-def test_format_timeline_shows_step_differences() -> None:
-    table = format_timeline([(START, 0.0, 2), ("claim", 250.0, 2), (END, 1250.0, 2)], 2)
+def test_statement_times_pair_sent_and_returned() -> None:
+    events = []
+    for number, took in enumerate([300, 500, 400]):
+        events += round_events(
+            number * 10**9,
+            [
+                ("worker: claim statement sent", 100),
+                ("caller: async_ returned", 150),
+                ("worker: claim statement returned", 100 + took),
+                ("worker: claim statement sent", 700),
+                ("worker: claim statement returned", 750),
+                (END, 1000),
+            ],
+        )
 
-    assert "medians of 2 round trips" in table
-    assert "| claim | 250 | 250 | 2 |" in table
-    assert f"| {END} | 1,250 | 1,000 | 2 |" in table
+    times = statement_times(split_rounds(events))
+
+    assert times == [("worker: claim", 400.0, 3), ("worker: claim (2)", 50.0, 3)]
+
+
+def test_statement_times_skip_unreturned_statements() -> None:
+    events = round_events(0, [("worker: outcome statement sent", 100), (END, 200)])
+
+    assert statement_times(split_rounds(events)) == []
+
+
+def test_format_report_shows_both_tables() -> None:
+    events = round_events(
+        0,
+        [
+            ("worker: claim statement sent", 100),
+            ("worker: claim statement returned", 350),
+            (END, 1250),
+        ],
+    )
+
+    report = format_report(split_rounds(events), "medians of 1 round trips")
+
+    assert report.startswith("medians of 1 round trips\n")
+    assert "| worker: claim statement returned | 350 | 250 | 1 |" in report
+    assert f"| {END} | 1,250 | 900 | 1 |" in report
+    assert "| worker: claim | 250 | 1 |" in report
