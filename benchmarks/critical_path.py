@@ -5,11 +5,11 @@ process, as the latency workload does. It records when each step of every
 round trip happens in both processes: the caller's insert, the worker's
 listener, producer, claim, executor and outcome statement, then the caller's
 listener and await. It prints the median time of each step since `async_` was
-called.
+called, and the median duration of each statement.
 
-This is a diagnostic, not a benchmark figure: it wraps internal methods of
-relay_actors to record the steps, which adds a few microseconds to each, so
-its total is a little above the benchmark's p50. Both processes read
+This is a diagnostic, not a benchmark figure, because it wraps internal
+methods of relay_actors to record the steps. That adds a few microseconds to
+each, so its total is a little above the benchmark's p50. Both processes read
 `time.perf_counter_ns()`, which is CLOCK_MONOTONIC on Linux and so shared by
 the processes of one machine.
 """
@@ -40,6 +40,7 @@ from relay_actors import Ok, Relay
 from relay_actors.actors.executor import ExecutorActor
 from relay_actors.actors.listener import ListenerActor
 from relay_actors.actors.producer import ProducerActor
+from relay_actors.cli import main as run_cli
 from relay_actors.store.statements import statements_for
 
 Event = tuple[str, int]
@@ -229,13 +230,11 @@ def format_report(rounds: list[list[Event]], header: str) -> str:
 
 def run_node(trace: Path, schema: str, arguments: list[str]) -> int:
     """Run a traced worker node, which writes its steps to `trace` when it exits."""
-    from relay_actors.cli import main
-
     recorder = Recorder()
     install(recorder, schema, "worker")
     atexit.register(recorder.dump, trace)
     stop_when_parent_exits()
-    return main(["--log-level", "WARNING", "worker", *arguments])
+    return run_cli(["--log-level", "WARNING", "worker", *arguments])
 
 
 @contextmanager
