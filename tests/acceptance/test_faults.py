@@ -332,16 +332,6 @@ def test_listener_outage_loses_no_result(
         assert_ended_in_time(seconds, OUTAGE_AWAIT_TIMEOUT)
 
 
-@pytest.fixture
-def own_server() -> Iterator[EmbeddedServer]:
-    """A PostgreSQL server of this test alone, which the test may pause."""
-    server = EmbeddedServer()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @contextmanager
 def paused(server: EmbeddedServer) -> Iterator[None]:
     """Stop the server process on entry and start it again on exit, even on failure."""
