@@ -315,3 +315,18 @@ class DiscardsWithNul(Worker[None], queue=QUICK_QUEUE, max_attempts=1):
 
     def perform(self, job: Job) -> Discard:
         return Discard(reason="contains \x00")
+
+
+class LogsRuns(Worker[Any], queue=QUICK_QUEUE):
+    """Append the job's id to the file `args["log"]` on every run, and return `args["value"]`.
+
+    Each run writes one short line in append mode, so runs on several
+    executors, or in several processes, never mix their lines. With
+    `args["seconds"]`, the run first sleeps that long.
+    """
+
+    def perform(self, job: Job) -> Any:
+        time.sleep(float(job.args.get("seconds", 0)))
+        with Path(job.args["log"]).open("a") as log:
+            log.write(f"{job.id}\n")
+        return job.args["value"]
