@@ -26,7 +26,7 @@ from tests.workers import QUICK_QUEUE, LogsRuns
 # Slow jobs are claimed before the quick jobs' insert, whose durable commit
 # flushes those claims: the crash then loses only the slow jobs' outcomes.
 SLOW_JOBS = 4
-SLOW_SECONDS = 0.5
+SLOW_SECONDS = 1.0
 # Quick jobs are claimed and recorded after that insert. The crash loses
 # their claims too unless a flush reached them first, and either is accepted.
 QUICK_JOBS = 20
@@ -88,8 +88,10 @@ def run_and_crash(
         ],
     )
     slow_ids = [relay.job.id for relay in slow if relay.job.id is not None]
+    # A slow job that already completed, on a loaded machine, only makes this
+    # round lose less.
     wait_until(
-        lambda: set(states(server, prefix, slow_ids).values()) == {"executing"},
+        lambda: set(states(server, prefix, slow_ids).values()) <= {"executing", "completed"},
         timeout=RESULT_TIMEOUT,
         message="the slow jobs never started",
     )
