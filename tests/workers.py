@@ -320,8 +320,8 @@ class DiscardsWithNul(Worker[None], queue=QUICK_QUEUE, max_attempts=1):
 class LogsRuns(Worker[Any], queue=QUICK_QUEUE):
     """Append the job's id to the file `args["log"]` on every run, and return `args["value"]`.
 
-    Each run writes one short line in append mode, so runs on several
-    executors, or in several processes, never mix their lines. With
+    Each run appends one short line in a single write, so that runs on several
+    executors or in several processes keep their lines apart. With
     `args["seconds"]`, the run first sleeps that long.
     """
 
