@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import psycopg
-
-from tests.conftest import REPO_ROOT
+from tests.acceptance.conftest import bench_schemas, run_module
 
 COMMAND_TIMEOUT_SECONDS = 120
 # Steps that every round trip has, in either process.
@@ -28,36 +23,21 @@ EVERY_ROUND_STEPS = [
 ]
 
 
-def bench_schemas(dsn: str) -> set[str]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench%'")
-        return {row[0] for row in rows}
-
-
 def test_critical_path_times_every_step(database_dsn: str, tmp_path: Path) -> None:
     events_path = tmp_path / "events.json"
     schemas_before = bench_schemas(database_dsn)
 
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.critical_path",
-            "--dsn",
-            database_dsn,
-            "--rounds",
-            "20",
-            "--warmup",
-            "5",
-            "--events",
-            str(events_path),
-        ],
-        capture_output=True,
-        text=True,
+    completed = run_module(
+        "benchmarks.critical_path",
+        "--dsn",
+        database_dsn,
+        "--rounds",
+        "20",
+        "--warmup",
+        "5",
+        "--events",
+        str(events_path),
         timeout=COMMAND_TIMEOUT_SECONDS,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        cwd=REPO_ROOT,
-        check=False,
     )
 
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -79,14 +59,8 @@ def test_critical_path_times_every_step(database_dsn: str, tmp_path: Path) -> No
 
 
 def test_critical_path_rejects_zero_rounds() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.critical_path", "--rounds", "0"],
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_SECONDS,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        cwd=REPO_ROOT,
-        check=False,
+    completed = run_module(
+        "benchmarks.critical_path", "--rounds", "0", timeout=COMMAND_TIMEOUT_SECONDS
     )
 
     assert completed.returncode == 2
