@@ -1,4 +1,4 @@
-"""Migrations in a schema that already has another application's tables.
+"""Migrations: upgrades, and a schema that already has another application's tables.
 
 relay_actors' default schema is `public`, where an application's own tables
 live. A table of the same name must stop the migration with an error that
@@ -17,6 +17,7 @@ from psycopg import sql
 
 from relay_actors import ConfigurationError, Instance
 from relay_actors.cli import main
+from relay_actors.store import migrations
 from relay_actors.store.migrations import LATEST_VERSION, migrate
 
 
@@ -35,6 +36,37 @@ def exists(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
 def test_migrate_twice_applies_once(db: psycopg.Connection[Any], prefix: str) -> None:
     assert migrate(db, prefix) == list(range(1, LATEST_VERSION + 1))
     assert migrate(db, prefix) == []
+
+
+def test_upgrade_from_version_2_keeps_rows(
+    db: psycopg.Connection[Any], prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema at version 2 moves to the id-keyed index of executing jobs, rows intact."""
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:2])
+        assert migrate(db, prefix) == [1, 2]
+    jobs = sql.Identifier(prefix, "jobs")
+    db.execute(
+        sql.SQL(
+            "INSERT INTO {} (state, queue, worker, attempt, attempted_by) "
+            "VALUES ('executing', 'q', 'w', 1, 'node-1'), ('completed', 'q', 'w', 1, 'node-1')"
+        ).format(jobs)
+    )
+
+    assert migrate(db, prefix) == [3]
+
+    indexes = db.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'jobs'",
+        (prefix,),
+    ).fetchall()
+    assert sorted(row[0] for row in indexes) == [
+        "jobs_executing_id_idx",
+        "jobs_fetch_idx",
+        "jobs_pkey",
+        "jobs_stage_idx",
+    ]
+    rows = db.execute(sql.SQL("SELECT state FROM {} ORDER BY id").format(jobs)).fetchall()
+    assert rows == [("executing",), ("completed",)]
 
 
 def test_foreign_version_table_left_alone(db: psycopg.Connection[Any], prefix: str) -> None:

@@ -192,6 +192,7 @@ def _one_row_params(
 def _params(batch: list[AttemptOutcome], notifications: list[Notification]) -> dict[str, Any]:
     return {
         "outcomes": Jsonb([outcome_document(outcome) for outcome in batch]),
+        "outcome_ids": [outcome.job_id for outcome in batch],
         "notifications": Jsonb(
             [
                 {

@@ -68,6 +68,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             WHERE state = 'executing';
         """,
     ),
+    (
+        3,
+        # Version 2's index keyed executing rows by node, so a write that
+        # looked up one job read every entry of its node, including those
+        # of jobs that finished since the last VACUUM. Each write then cost
+        # time in proportion to the jobs the node had run: with autovacuum
+        # off, a worker node's 10,000-job rounds slowed from 2.4 s to 28 s
+        # over 20 rounds. Keyed by id, a lookup reads its own entries only.
+        """
+        CREATE INDEX jobs_executing_id_idx ON {schema}.jobs (id)
+            WHERE state = 'executing';
+        DROP INDEX {schema}.jobs_executing_idx;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -73,8 +73,8 @@ WITH returned AS (
     UPDATE {jobs} AS j
     SET state = 'available', attempt = j.attempt - 1, attempted_at = NULL, attempted_by = NULL
     FROM unnest(%(ids)s::bigint[], %(attempts)s::smallint[]) AS r(id, attempt)
-    WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'executing'
-      AND j.attempted_by = %(node)s
+    WHERE j.id = r.id AND j.id = ANY(%(ids)s::bigint[]) AND j.attempt = r.attempt
+      AND j.state = 'executing' AND j.attempted_by = %(node)s
     RETURNING j.queue
 )
 SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM returned) AS queues
@@ -88,7 +88,11 @@ SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM returned) 
 # node may then claim the job with the same number. A notification goes out only if every
 # attempt it carries (n.ids lists "job id:attempt" pairs) was recorded; the
 # acker resends the others' results. Outcomes and notifications come from
-# one of the two pairs of sources below.
+# one of the two sets of sources below. Each set also names the job ids in a
+# condition on j.id alone (as _UNCLAIM does), so that the planner finds the
+# rows by id. Joined only through u.id, it scanned every entry of a partial
+# index of executing rows and hashed them, and those entries include the
+# jobs that finished since the last VACUUM.
 _RECORD_CTES = """
 WITH updated AS (
     UPDATE {jobs} AS j
@@ -105,7 +109,7 @@ WITH updated AS (
                       ELSE j.errors || jsonb_build_array(u.error) END,
         meta = CASE WHEN u.meta_patch IS NULL THEN j.meta ELSE j.meta || u.meta_patch END
     FROM {outcomes}
-    WHERE j.id = u.id AND j.state = 'executing' AND j.attempt = u.attempt
+    WHERE j.id = u.id AND {outcome_ids} AND j.state = 'executing' AND j.attempt = u.attempt
       AND (u.node IS NULL OR j.attempted_by = u.node)
     RETURNING j.id, u.attempt
 ),
@@ -125,6 +129,7 @@ _OUTCOMES_FROM_JSON = """jsonb_to_recordset(%(outcomes)s::jsonb)
          AS u(id bigint, attempt smallint, state text, outcome text, result bytea,
               delay float8, extra_attempts smallint, error jsonb, meta_patch jsonb,
               node text)"""
+_OUTCOME_IDS_FROM_JSON = "j.id = ANY(%(outcome_ids)s::bigint[])"
 _NOTIFICATIONS_FROM_JSON = """jsonb_to_recordset(%(notifications)s::jsonb)
          AS n(channel text, payload text, ids text)"""
 
@@ -140,6 +145,7 @@ _OUTCOME_FROM_VALUES = """(VALUES (%(id)s::bigint, %(attempt)s::smallint, %(stat
                  %(outcome_node)s::text))
          AS u(id, attempt, state, outcome, result, delay, extra_attempts, error, meta_patch,
               node)"""
+_OUTCOME_ID_FROM_VALUES = "j.id = %(id)s::bigint"
 _NOTIFICATION_FROM_VALUES = """(SELECT %(channel)s::text, %(payload)s::text, %(ids)s::text
           WHERE %(channel)s::text IS NOT NULL) AS n(channel, payload, ids)"""
 
@@ -277,8 +283,16 @@ class Statements:
             fragments = {name: sql.SQL(source) for name, source in sources.items()}
             return sql.SQL(template).format(**names, **fragments).as_bytes(None)
 
-        json_sources = {"outcomes": _OUTCOMES_FROM_JSON, "notifications": _NOTIFICATIONS_FROM_JSON}
-        row_sources = {"outcomes": _OUTCOME_FROM_VALUES, "notifications": _NOTIFICATION_FROM_VALUES}
+        json_sources = {
+            "outcomes": _OUTCOMES_FROM_JSON,
+            "outcome_ids": _OUTCOME_IDS_FROM_JSON,
+            "notifications": _NOTIFICATIONS_FROM_JSON,
+        }
+        row_sources = {
+            "outcomes": _OUTCOME_FROM_VALUES,
+            "outcome_ids": _OUTCOME_ID_FROM_VALUES,
+            "notifications": _NOTIFICATION_FROM_VALUES,
+        }
         self.insert = render(_INSERT)
         self.claim = render(_CLAIM)
         self.unclaim = render(_UNCLAIM)
