@@ -137,15 +137,16 @@ def unindexed_scans(plan: list[str]) -> list[str]:
 
 def entries_read(plan: list[str]) -> int:
     """Return the index entries and rows that the scans of jobs in an analyzed plan read."""
-    total = 0
+    total = 0.0
     for line, details in jobs_scans(plan):
-        actual = re.search(r"actual time=\S+ rows=(\d+) loops=(\d+)", line)
+        # PostgreSQL 18 prints actual rows with two decimals ("rows=1.00").
+        actual = re.search(r"actual time=\S+ rows=([\d.]+) loops=(\d+)", line)
         if actual is not None:
-            total += int(actual.group(1)) * int(actual.group(2))
+            total += float(actual.group(1)) * int(actual.group(2))
         for detail in details:
             if detail.startswith("Rows Removed by"):
                 total += int(detail.rpartition(" ")[2])
-    return total
+    return round(total)
 
 
 def test_outcome_writes_find_rows_by_id(conn: psycopg.Connection[Any], prefix: str) -> None:
