@@ -90,9 +90,9 @@ SELECT pg_notify(%(channel)s, queue) FROM (SELECT DISTINCT queue FROM returned) 
 # acker resends the others' results. Outcomes and notifications come from
 # one of the two sets of sources below. Each set also names the job ids in a
 # condition on j.id alone (as _UNCLAIM does), so that the planner finds the
-# rows by id. Joined only through u.id, it scanned every entry of a partial
-# index of executing rows and hashed them, and those entries include the
-# jobs that finished since the last VACUUM.
+# rows by id. With the join through u.id alone, the planner hashed a scan of
+# the whole partial index of executing rows, which also contains an entry for
+# every job that finished since the last VACUUM.
 _RECORD_CTES = """
 WITH updated AS (
     UPDATE {jobs} AS j
@@ -207,6 +207,8 @@ DELETE FROM {nodes} WHERE heartbeat_at < now() - make_interval(secs => %(age)s)
 """
 
 # Deletes finished jobs older than the age, oldest ids first, in bounded batches.
+# NOTE: no index serves the age filter, so a run that finds no job old enough
+# reads the whole table: 98 ms for 300,000 never-vacuumed jobs, measured once.
 _PRUNE = """
 DELETE FROM {jobs} WHERE id IN (
     SELECT id FROM {jobs}
