@@ -77,6 +77,7 @@ def install(recorder: Recorder, schema: str, role: str) -> None:
     statements = statements_for(schema)
     names = {
         statements.insert: "insert",
+        statements.insert_one: "insert",
         statements.claim: "claim",
         statements.record_one: "outcome",
         statements.record: "outcome",

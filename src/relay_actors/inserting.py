@@ -34,6 +34,8 @@ def execute_insert(
     Rows are matched to jobs by the relay ref in each job's meta, so every job
     of a batch of two or more needs one. A batch of one needs none.
     """
+    if len(jobs) == 1:
+        return [_insert_one(statements, channel, conn, jobs[0], metas[0])]
     documents = [
         {
             "queue": job.queue,
@@ -49,10 +51,35 @@ def execute_insert(
     ]
     params = {"jobs": Jsonb(documents), "channel": channel}
     rows = conn.execute(statements.insert, params).fetchall()
-    if len(jobs) == 1:
-        return [rows[0][:4]]
     by_ref = {row[4]: row[:4] for row in rows}
     return [by_ref[meta["relay"]["ref"]] for meta in metas]
+
+
+def _insert_one(
+    statements: Statements,
+    channel: str,
+    conn: psycopg.Connection[Any],
+    job: Job,
+    meta: dict[str, Any],
+) -> Row:
+    """Insert one job with the one-row statement.
+
+    Returns (id, state, inserted_at, scheduled_at), as execute_insert does per job.
+    """
+    params = {
+        "queue": job.queue,
+        "worker": job.worker,
+        "args": Jsonb(job.args),
+        "meta": Jsonb(meta),
+        "tags": list(job.tags),
+        "max_attempts": job.max_attempts,
+        "priority": job.priority,
+        "scheduled_at": job.scheduled_at,
+        "channel": channel,
+    }
+    row: Row | None = conn.execute(statements.insert_one, params).fetchone()
+    assert row is not None  # an INSERT ... RETURNING of one row returns one row
+    return row[:4]
 
 
 class _Request:

@@ -351,36 +351,65 @@ def test_lone_outcome_matches_batch(
     assert announced[alone].final == announced[batched].final
 
 
-def test_lone_insert_matches_batch(conn: psycopg.Connection[Any], prefix: str) -> None:
-    """Check that a lone job and a batch write alike, with rows returned in input order."""
+@pytest.mark.parametrize("due", ["later", "now", "unset"])
+def test_lone_insert_matches_batch(
+    conn: psycopg.Connection[Any], database_dsn: str, prefix: str, due: str
+) -> None:
+    """Check that a lone job and a batch write and notify alike, rows returned in input order.
+
+    A lone job takes the one-row statement, two take the JSON batch. Only
+    available jobs wake their queue: one notification per statement.
+    """
     statements = statements_for(prefix)
-    later = datetime.now(UTC) + timedelta(hours=1)
+    scheduled_at = {
+        "later": datetime.now(UTC) + timedelta(hours=1),
+        "now": datetime.now(UTC) - timedelta(seconds=1),
+        "unset": None,
+    }[due]
+    tags = () if due == "unset" else ("a", "b")
 
     def job(n: int) -> Job:
         return Job(
             worker="w",
             args={"n": n},
             queue=QUEUE,
-            tags=("a", "b"),
+            tags=tags,
             priority=3,
             max_attempts=5,
-            scheduled_at=later,
+            scheduled_at=scheduled_at,
         )
 
-    (lone,) = execute_insert(statements, "unused", conn, [job(0)], [{"relay": {"ref": "r0"}}])
-    batch = execute_insert(
-        statements,
-        "unused",
-        conn,
-        [job(1), job(2)],
-        [{"relay": {"ref": "r1"}}, {"relay": {"ref": "r2"}}],
-    )
-    query = sql.SQL(
-        "SELECT args, state, queue, worker, tags, max_attempts, priority, scheduled_at"
-        " FROM {} WHERE id = %s"
-    ).format(sql.Identifier(prefix, "jobs"))
-    rows = [conn.execute(query, (row[0],)).fetchone() for row in [lone, *batch]]
+    with psycopg.connect(database_dsn, autocommit=True) as listener:
+        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(WAKE_CHANNEL)))
+        (lone,) = execute_insert(
+            statements, WAKE_CHANNEL, conn, [job(0)], [{"relay": {"ref": "r0"}}]
+        )
+        batch = execute_insert(
+            statements,
+            WAKE_CHANNEL,
+            conn,
+            [job(1), job(2)],
+            [{"relay": {"ref": "r1"}}, {"relay": {"ref": "r2"}}],
+        )
+        # A marker after both inserts, so that the wait ends without a timeout.
+        conn.execute("SELECT pg_notify(%s, 'end')", (WAKE_CHANNEL,))
+        notifications = []
+        for notify in listener.notifies(timeout=5.0):
+            if notify.payload == "end":
+                break
+            notifications.append(notify.payload)
 
+    query = sql.SQL(
+        "SELECT args, state, queue, worker, tags, max_attempts, priority,"
+        " scheduled_at = coalesce(%s, inserted_at) FROM {} WHERE id = %s"
+    ).format(sql.Identifier(prefix, "jobs"))
+    rows = [conn.execute(query, (scheduled_at, row[0])).fetchone() for row in [lone, *batch]]
+
+    state = "scheduled" if due == "later" else "available"
     for n, row in enumerate(rows):
-        assert row == ({"n": n}, "scheduled", QUEUE, "w", ["a", "b"], 5, 3, later)
-    assert lone[1] == "scheduled"
+        assert row == ({"n": n}, state, QUEUE, "w", list(tags), 5, 3, True)
+    for returned in [lone, *batch]:
+        _, returned_state, inserted_at, returned_scheduled_at = returned
+        assert returned_state == state
+        assert returned_scheduled_at == (scheduled_at or inserted_at)
+    assert notifications == ([] if due == "later" else [QUEUE, QUEUE])

@@ -172,9 +172,13 @@ def _fits_one_row(batch: list[AttemptOutcome], notifications: list[Notification]
 def _one_row_params(
     batch: list[AttemptOutcome], notifications: list[Notification]
 ) -> dict[str, Any]:
-    """Return the parameters of the record statements for one outcome, one per column."""
+    """Return the parameters of the record statements for one outcome, one per column.
+
+    The notification, if any, carries only this outcome's attempt, so the
+    statement sends it if the row was updated and needs no pairs.
+    """
     (outcome,) = batch
-    channel, payload, ids = notifications[0] if notifications else (None, None, [])
+    channel, payload = notifications[0][:2] if notifications else (None, None)
     columns = _outcome_columns(outcome)
     # record_one_and_claim binds the claiming node as "node".
     columns["outcome_node"] = columns.pop("node")
@@ -185,7 +189,6 @@ def _one_row_params(
         "meta_patch": Jsonb(outcome.meta_patch) if outcome.meta_patch else None,
         "channel": channel,
         "payload": payload,
-        "ids": _pairs_text(ids),
     }
 
 
