@@ -1,8 +1,10 @@
-"""Messages queued for an actor that pykka would drop when it stops."""
+"""Actor inboxes that keep the messages pykka drops at a stop, or wake actors on sockets."""
 
 from __future__ import annotations
 
 import queue
+import select
+import socket
 from collections import deque
 from typing import Any, TypeVar
 
@@ -65,3 +67,54 @@ def take_queued(actor: pykka.Actor, kind: type[MessageT]) -> list[MessageT]:
         inbox.queue.clear()
         inbox.queue.extend(others)
     return matching
+
+
+class WakingInbox(queue.Queue[Any]):
+    """A pykka inbox that also makes a socket readable whenever a message is queued.
+
+    An actor that waits on sockets (the listener waits on its PostgreSQL
+    connection) adds `fileno()` to its `select` call, so a stop request or an
+    `ask` ends the wait at once instead of at the end of a polling slice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        try:
+            self._writer.send(b"\0")
+        except OSError:
+            # The socket buffer is full, so a wake-up is pending already, or
+            # the actor stopped and closed the sockets.
+            pass
+
+    def fileno(self) -> int:
+        """Return the descriptor that is readable while a wake-up is pending."""
+        return self._reader.fileno()
+
+    def clear_wakeups(self) -> None:
+        """Read the pending wake-ups, before the actor checks for messages and waits again."""
+        while True:
+            try:
+                if not self._reader.recv(4096):
+                    return
+            except OSError:
+                # Nothing left to read (BlockingIOError), or the sockets are closed.
+                return
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds, returning early if a message is queued."""
+        select.select([self._reader], [], [], timeout)
+
+    def close(self) -> None:
+        """Close both sockets. Later messages are still queued, without a wake-up."""
+        self._reader.close()
+        self._writer.close()
+
+    def __del__(self) -> None:
+        # An actor that was built but never started never closes its inbox.
+        self.close()
