@@ -7,6 +7,8 @@ wait at once, however long the wait for notifications may last.
 
 from __future__ import annotations
 
+import os
+import resource
 import select
 import time
 from collections.abc import Iterator
@@ -111,6 +113,48 @@ def test_listener_routes_after_asks(
         )
     finally:
         mailbox.stop(timeout=PROMPT_SECONDS)
+
+
+@pytest.fixture
+def high_descriptors() -> Iterator[None]:
+    """Hold open descriptors up to number 1100, so that new ones are numbered above 1023."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    required = 2048
+    if hard != resource.RLIM_INFINITY and hard < required:
+        pytest.skip(f"the hard limit of open files is {hard}; this test needs {required}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, required), hard))
+    open_descriptors: list[int] = []
+    try:
+        while not open_descriptors or open_descriptors[-1] < 1100:
+            open_descriptors.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for descriptor in open_descriptors:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_listener_waits_on_high_descriptors(
+    high_descriptors: None, database_dsn: str, prefix: str, directory: MailboxDirectory
+) -> None:
+    """A process with many open files gives the listener descriptors that select.select rejects."""
+    actor = ListenerActor.start(
+        dsn=database_dsn,
+        node_id="node-high-descriptors",
+        insert_channel=None,
+        relay_channel=f"{prefix}_relay",
+        control_channel=f"{prefix}_control",
+        directory=directory,
+        producers={},
+        poller=ActorSlot(),
+    )
+    try:
+        assert statistics(actor)["connected"]
+        # A second ask arrives while the listener waits on its descriptors.
+        assert statistics(actor)["connected"]
+        assert actor.is_alive()
+    finally:
+        actor.stop(timeout=PROMPT_SECONDS)
 
 
 def readable(inbox: WakingInbox) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import queue
-import select
+import selectors
 import socket
 from collections import deque
 from typing import Any, TypeVar
@@ -73,8 +73,8 @@ class WakingInbox(queue.Queue[Any]):
     """A pykka inbox that also makes a socket readable whenever a message is queued.
 
     An actor that waits on sockets (the listener waits on its PostgreSQL
-    connection) adds `fileno()` to its `select` call, so a stop request or an
-    `ask` ends the wait at once instead of at the end of a polling slice.
+    connection) also waits on `fileno()`. So a stop request or an `ask` ends
+    the wait at once, not at the end of a polling slice.
     """
 
     def __init__(self) -> None:
@@ -108,7 +108,9 @@ class WakingInbox(queue.Queue[Any]):
 
     def wait(self, timeout: float) -> None:
         """Wait up to `timeout` seconds, returning early if a message is queued."""
-        select.select([self._reader], [], [], timeout)
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._reader, selectors.EVENT_READ)
+            selector.select(timeout)
 
     def close(self) -> None:
         """Close both sockets. Later messages are still queued, without a wake-up."""

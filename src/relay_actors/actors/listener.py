@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-import select
+import selectors
 import time
 from typing import Any
 
@@ -287,14 +287,18 @@ class ListenerActor(pykka.ThreadingActor):
             # psycopg, not on the socket, so no wait would end for them.
             self._unread_backlog = False
             self._take_notifications()
-        socket = self._conn.fileno()
         deadline = time.monotonic() + POLL_SECONDS
-        while (remaining := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([socket, inbox.fileno()], [], [], remaining)
-            if socket in readable:
-                self._take_notifications()
-            if inbox.fileno() in readable:
-                return
+        # A selector, unlike select.select, takes descriptors above 1023,
+        # which a process with many open files hands out.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._conn.fileno(), selectors.EVENT_READ, "connection")
+            selector.register(inbox.fileno(), selectors.EVENT_READ, "inbox")
+            while (remaining := deadline - time.monotonic()) > 0:
+                ready = {key.data for key, _ in selector.select(remaining)}
+                if "connection" in ready:
+                    self._take_notifications()
+                if "inbox" in ready:
+                    return
 
     def _take_notifications(self) -> None:
         """Handle the notifications received so far, without waiting for more."""
