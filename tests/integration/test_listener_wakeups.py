@@ -43,6 +43,22 @@ def directory() -> MailboxDirectory:
     return MailboxDirectory()
 
 
+def start_listener(
+    database_dsn: str, prefix: str, directory: MailboxDirectory, node_id: str
+) -> pykka.ActorRef[Any]:
+    """Start a listener on the relay and control channels of `prefix`, without producers."""
+    return ListenerActor.start(
+        dsn=database_dsn,
+        node_id=node_id,
+        insert_channel=None,
+        relay_channel=f"{prefix}_relay",
+        control_channel=f"{prefix}_control",
+        directory=directory,
+        producers={},
+        poller=ActorSlot(),
+    )
+
+
 @pytest.fixture
 def listener(
     database_dsn: str,
@@ -51,16 +67,7 @@ def listener(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[pykka.ActorRef[Any]]:
     monkeypatch.setattr(listener_module, "POLL_SECONDS", LONG_WAIT_SECONDS)
-    actor = ListenerActor.start(
-        dsn=database_dsn,
-        node_id="node-wakeups",
-        insert_channel=None,
-        relay_channel=f"{prefix}_relay",
-        control_channel=f"{prefix}_control",
-        directory=directory,
-        producers={},
-        poller=ActorSlot(),
-    )
+    actor = start_listener(database_dsn, prefix, directory, "node-wakeups")
     yield actor
     actor.stop(timeout=PROMPT_SECONDS)
 
@@ -138,16 +145,7 @@ def test_listener_waits_on_high_descriptors(
     high_descriptors: None, database_dsn: str, prefix: str, directory: MailboxDirectory
 ) -> None:
     """A process with many open files gives the listener descriptors that select.select rejects."""
-    actor = ListenerActor.start(
-        dsn=database_dsn,
-        node_id="node-high-descriptors",
-        insert_channel=None,
-        relay_channel=f"{prefix}_relay",
-        control_channel=f"{prefix}_control",
-        directory=directory,
-        producers={},
-        poller=ActorSlot(),
-    )
+    actor = start_listener(database_dsn, prefix, directory, "node-high-descriptors")
     try:
         assert statistics(actor)["connected"]
         # A second ask arrives while the listener waits on its descriptors.

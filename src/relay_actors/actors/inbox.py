@@ -119,4 +119,6 @@ class WakingInbox(queue.Queue[Any]):
 
     def __del__(self) -> None:
         # An actor that was built but never started never closes its inbox.
-        self.close()
+        # If socketpair() failed (no descriptors left), there is nothing to close.
+        if hasattr(self, "_writer"):
+            self.close()
