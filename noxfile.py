@@ -28,9 +28,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """Check style and common bugs with ruff."""
-    session.install("ruff")
+    """Check style, formatting and common bugs with ruff."""
+    # Pinned, because a new ruff release can format the same code differently.
+    session.install("ruff==0.17.6")
     session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session(python=PYTHON)

@@ -206,9 +206,7 @@ def summarise(runs: list[dict[str, Figures]], sizes: Sizes) -> list[dict[str, An
         }
         baseline = metric.baseline
         divisors = (
-            values["floor"]
-            if baseline is None
-            else [baseline(run["relay_actors"]) for run in runs]
+            values["floor"] if baseline is None else [baseline(run["relay_actors"]) for run in runs]
         )
         ratios = [
             ratio(relay, divisor)

@@ -95,9 +95,7 @@ def run_phase(
     return result
 
 
-def run_once(
-    dsn: str, sizes: Sizes, index: int, bouncer_dsn: str | None = None
-) -> dict[str, Any]:
+def run_once(dsn: str, sizes: Sizes, index: int, bouncer_dsn: str | None = None) -> dict[str, Any]:
     """Run every workload once; return the figures of each side by workload name.
 
     With `bouncer_dsn`, relay_actors also runs the latency and the smaller

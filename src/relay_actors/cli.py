@@ -203,9 +203,7 @@ def run_migrate(args: argparse.Namespace) -> int:
         return 2
     dsn, prefix = database
     try:
-        with psycopg.connect(
-            dsn, autocommit=True, application_name="relay_actors migrate"
-        ) as conn:
+        with psycopg.connect(dsn, autocommit=True, application_name="relay_actors migrate") as conn:
             applied = migrate(conn, prefix)
     except ConfigurationError as error:
         logger.error("cannot migrate the schema: %s", error, extra={"action": "migrate_failed"})

@@ -128,9 +128,7 @@ class InlineInstance(Instance):
         """Return the stored outcome of each job that ran on this instance."""
         with self._deliveries_lock:
             return {
-                job_id: self._deliveries[job_id]
-                for job_id in job_ids
-                if job_id in self._deliveries
+                job_id: self._deliveries[job_id] for job_id in job_ids if job_id in self._deliveries
             }
 
     def start_actors(self) -> None:

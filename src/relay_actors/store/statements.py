@@ -193,14 +193,18 @@ SELECT id, attempt, (SELECT count(*) FROM notified) FROM updated
 # outcomes also claims jobs as _CLAIM does, and pays one round trip and one
 # commit for both. Every row carries the recorded "job id:attempt" pairs.
 # Claimed columns follow, NULL when none was claimed.
-_RECORD_AND_CLAIM_TAIL = """,
-claimed AS (""" + _CLAIM + """)
+_RECORD_AND_CLAIM_TAIL = (
+    """,
+claimed AS ("""
+    + _CLAIM
+    + """)
 SELECT recorded.pairs, recorded.notifications, claimed.*
 FROM (SELECT coalesce(array_agg(id || ':' || attempt), '{{}}') AS pairs,
              (SELECT count(*) FROM notified) AS notifications
       FROM updated) AS recorded
 LEFT JOIN claimed ON true
 """
+)
 
 # Makes due scheduled and retryable jobs available, and wakes their queues.
 _STAGE = """
