@@ -25,6 +25,7 @@ from typing import Any
 from tests.pgbouncer import run_bouncer
 
 from benchmarks import relay_bench
+from benchmarks.idle import idle_costs
 from benchmarks.processes import ROOT, ChildFailed
 from benchmarks.report import count_failures, format_table, summarise
 from benchmarks.run import FULL, QUICK, run_once
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             env = environment(dsn, kind)
             env["relaxed_claims"] = args.relaxed_claims
             env["relaxed_outcomes"] = args.relaxed_outcomes
+            logger.info("timing steps after idle waits")
+            env["idle_costs"] = idle_costs(dsn, sizes.idle_samples)
             with ExitStack() as stack:
                 bouncer_dsn = None
                 if args.pgbouncer:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks.idle import describe
 from benchmarks.run import FULL, Sizes
 from benchmarks.stats import median_or_none, ratio
 
@@ -252,6 +253,7 @@ def format_table(summary: list[dict[str, Any]], environment: dict[str, Any], run
         f"{environment['cpu_count']} CPUs ({environment.get('cpu_model') or 'model unknown'}); "
         f"Python {environment['python']}, 10 million additions in a loop: "
         f"{_seconds(environment.get('python_loop_seconds'))}; "
+        f"{describe(environment.get('idle_costs'))}; "
         f"median of {runs} run{'s' if runs != 1 else ''}; "
         f"relay_actors worker commits: {_commit_mode(environment)}",
         "",

@@ -30,6 +30,7 @@ class Sizes:
     pending_relays: int
     completed_relays: int
     memory_batch: int
+    idle_samples: int
 
 
 FULL = Sizes(
@@ -43,6 +44,7 @@ FULL = Sizes(
     pending_relays=100_000,
     completed_relays=10_000,
     memory_batch=1_000,
+    idle_samples=300,
 )
 
 QUICK = Sizes(
@@ -56,6 +58,7 @@ QUICK = Sizes(
     pending_relays=5_000,
     completed_relays=1_000,
     memory_batch=500,
+    idle_samples=30,
 )
 
 

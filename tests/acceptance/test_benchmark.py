@@ -43,4 +43,13 @@ def test_quick_benchmark_passes(database_dsn: str, tmp_path: Path) -> None:
     # claim, its completion and the caller's insert: three flushes per job.
     # Other commits on the server can only add flushes.
     assert floor["latency_durable_claims"]["wal"]["syncs_per_job"] >= 2.9
+    idle_costs = report["environment"]["idle_costs"]
+    assert set(idle_costs) == {
+        f"{step}_{mode}" for step in ("select", "commit", "wake") for mode in ("busy", "idle")
+    }
+    for name, micros in idle_costs.items():
+        assert micros > 0, name
+    # Each idle sample sleeps 1 ms first, which the timed step must not include.
+    assert idle_costs["select_idle"] < 1000
+    assert "after 1 ms idle, SELECT 1" in completed.stdout
     assert bench_schemas(database_dsn) == schemas_before
