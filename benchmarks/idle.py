@@ -5,12 +5,10 @@ one before: a statement, a commit's WAL flush, a wake-up of another thread or
 process. On some virtual machines a step costs several times more after the
 machine idled for a millisecond. On one 2-vCPU virtual machine, `SELECT 1`
 took 27 µs back to back and 239 µs after 1 ms idle, and a durable insert 72
-and 881 µs. A likely cause is that the hypervisor halts an idle virtual CPU
-and then has to wake it, but that is a guess. Such a machine penalises
-relay_actors, whose round trip has more hand-offs than the floor's, more than
-the floor. These figures let a reader compare two machines on that. Each is
-a median in microseconds, measured back to back and after sleeping
-IDLE_SECONDS before each step.
+and 881 µs. A likely cause, not checked, is that the hypervisor halts an
+idle virtual CPU and then has to wake it. relay_actors' round trip has more
+hand-offs than the floor's, so such a machine is likely to slow it more.
+These figures let a reader compare two machines on that.
 """
 
 from __future__ import annotations
