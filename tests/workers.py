@@ -263,6 +263,14 @@ class WaitsForFile(Worker[str], queue=SLOW_QUEUE):
         return "released" if path.exists() else "gave up"
 
 
+class MarksThenWaits(Worker[str], queue=SLOW_QUEUE):
+    """Create the file `args["mark"]`, then wait as `WaitsForFile` does for `args["path"]`."""
+
+    def perform(self, job: Job) -> str:
+        Path(job.args["mark"]).touch()
+        return WaitsForFile().perform(job)
+
+
 # Seeded random bytes of this size encode to more than the default limit of
 # 8,192 bytes, so a Scripted job of kind "too_large" gets result_too_large.
 TOO_LARGE_BYTES = 9_000

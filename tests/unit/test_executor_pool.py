@@ -1,4 +1,4 @@
-"""`ExecutorPool`: idle and busy executors, and prefetching from the mean attempt duration."""
+"""`ExecutorPool`: idle and busy executors, prefetching, and when to wake an executor."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pykka
 import pytest
 
-from relay_actors.actors.executor_pool import ExecutorPool
+from relay_actors.actors.executor_pool import STALLED_SECONDS, ExecutorPool
 
 
 class Clock:
@@ -60,42 +60,79 @@ def test_pool_take_without_idle_raises(executors: list[pykka.ActorRef[Any]]) -> 
 
 
 def test_pool_prefetches_only_short_attempts(executors: list[pykka.ActorRef[Any]]) -> None:
-    clock = Clock()
-    pool = filled(executors, clock)
+    pool = filled(executors, Clock())
     # No attempt has ended yet, so nothing is known about their duration.
     assert pool.prefetch_limit() == 0
-    executor = pool.take()
-    clock.now += 0.005
-    pool.give_back(executor)
+    pool.count_attempt(0.005)
     assert pool.prefetch_limit() == 3
-    executor = pool.take()
-    clock.now += 1.0
-    pool.give_back(executor)
+    pool.count_attempt(1.0)
     # The mean is now 0.005 + 0.2 * (1.0 - 0.005), far above 20 ms.
     assert pool.prefetch_limit() == 0
 
 
 def test_pool_mean_follows_recent_attempts(executors: list[pykka.ActorRef[Any]]) -> None:
-    clock = Clock()
-    pool = filled(executors, clock)
-    executor = pool.take()
-    clock.now += 0.1
-    pool.give_back(executor)
+    pool = filled(executors, Clock())
+    pool.count_attempt(0.1)
     assert pool.prefetch_limit() == 0
     # Short attempts pull the running mean below 20 ms after some rounds.
     for _ in range(20):
-        executor = pool.take()
-        clock.now += 0.001
-        pool.give_back(executor)
+        pool.count_attempt(0.001)
     assert pool.prefetch_limit() == 3
 
 
-def test_pool_give_back_unknown_counts_no_duration(executors: list[pykka.ActorRef[Any]]) -> None:
-    """An executor given back without a take (never ran an attempt) changes no mean."""
+def test_pool_give_back_unknown_stays_idle(executors: list[pykka.ActorRef[Any]]) -> None:
+    """An executor given back without a take (never ran an attempt) is idle, not busy."""
     pool = ExecutorPool(1, Clock())
     pool.give_back(executors[0])
     assert (pool.idle, pool.busy) == (1, 0)
     assert pool.prefetch_limit() == 0
+
+
+def test_pool_wakes_without_durations(executors: list[pykka.ActorRef[Any]]) -> None:
+    pool = filled(executors, Clock())
+    assert not pool.should_wake(0)
+    assert pool.should_wake(1)
+    pool.take()
+    # A busy executor, but no attempt has ended: its pace is unknown.
+    assert pool.should_wake(1)
+
+
+def test_pool_leaves_short_backlog(executors: list[pykka.ActorRef[Any]]) -> None:
+    clock = Clock()
+    pool = filled(executors, clock)
+    pool.count_attempt(0.0001)
+    pool.take()
+    # 10 jobs of 0.1 ms: 1 ms of work, within BACKLOG_SECONDS for one executor.
+    assert not pool.should_wake(10)
+    # 30 jobs are 3 ms of work: another executor is woken.
+    assert pool.should_wake(30)
+    second = pool.take()
+    assert not pool.should_wake(30)
+    pool.give_back(second)
+    pool.count_attempt(0.01)
+    # Slower attempts: the mean is now 2.1 ms, more than the backlog allows.
+    assert pool.should_wake(1)
+
+
+def test_pool_skips_stalled_executor(executors: list[pykka.ActorRef[Any]]) -> None:
+    clock = Clock()
+    pool = filled(executors, clock)
+    pool.count_attempt(0.0001)
+    executor = pool.take()
+    assert not pool.should_wake(1)
+    clock.now += STALLED_SECONDS + 0.001
+    # Its attempt has run for longer than STALLED_SECONDS: a waiting job
+    # would wait for it, so another executor is woken.
+    assert pool.should_wake(1)
+    pool.began_next(executor)
+    assert not pool.should_wake(1)
+
+
+def test_pool_without_idle_wakes_none(executors: list[pykka.ActorRef[Any]]) -> None:
+    pool = filled(executors, Clock())
+    for _ in executors:
+        pool.take()
+    assert not pool.should_wake(5)
 
 
 def test_pool_stop_stops_every_executor(executors: list[pykka.ActorRef[Any]]) -> None:

@@ -13,6 +13,7 @@ from relay_actors.actors.acker import send_outcome
 from relay_actors.actors.attempts import RunningAttempts, UnrecordedOutcomes
 from relay_actors.actors.messages import AttemptOutcome, Execute, ExecutorIdle
 from relay_actors.actors.outcomes import failed_attempt, from_exception, from_return
+from relay_actors.actors.ready import ReadyJobs
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.backoff import default_backoff
 from relay_actors.failures import JobTimeout, UnknownWorker
@@ -25,6 +26,11 @@ logger = logging.getLogger("relay_actors.executor")
 
 class ExecutorActor(pykka.ThreadingActor):
     """Runs jobs one at a time and sends each outcome to its producer.
+
+    After each attempt it starts the next job waiting in its producer's
+    `ReadyJobs`, if any, before it counts itself idle: prefetched jobs run
+    without waiting for the producer's thread, which may be busy with a
+    statement.
 
     A job runs on this actor's thread, or on a thread of its own when its
     worker sets a timeout. The threads are daemons: CPython cannot kill a
@@ -42,9 +48,11 @@ class ExecutorActor(pykka.ThreadingActor):
         node_id: str,
         attempts: RunningAttempts,
         unrecorded: UnrecordedOutcomes,
+        ready: ReadyJobs,
     ) -> None:
         super().__init__()
         self._producer = producer
+        self._ready = ready
         self._attempts = attempts
         self._unrecorded = unrecorded
         self._acker = acker
@@ -59,20 +67,32 @@ class ExecutorActor(pykka.ThreadingActor):
                 extra={"action": "unknown_message"},
             )
             return None
-        outcome = run_attempt(message.job, message.cancellation, self._prefix, self._node_id)
-        self._unrecorded.add(outcome.job_id, outcome.attempt)
-        try:
-            self._hand_on(outcome)
-        finally:
-            # Only now, so that a stopping instance that waits for its running
-            # attempts finds this outcome queued for the acker.
-            self._attempts.remove(message.job)
-        return None
+        job, cancellation = message.job, message.cancellation
+        while True:
+            started = time.monotonic()
+            outcome = run_attempt(job, cancellation, self._prefix, self._node_id)
+            seconds = time.monotonic() - started
+            self._unrecorded.add(outcome.job_id, outcome.attempt)
+            following = self._ready.start_next()
+            try:
+                self._hand_on(ExecutorIdle(self.actor_ref, outcome, seconds, following is not None))
+            except BaseException:
+                if following is not None:
+                    self._ready.put_back(following[0])
+                raise
+            finally:
+                # Only now, so that a stopping instance that waits for its running
+                # attempts finds this outcome queued for the acker.
+                self._attempts.remove(job)
+            if following is None:
+                return None
+            job, cancellation = following
 
-    def _hand_on(self, outcome: AttemptOutcome) -> None:
+    def _hand_on(self, idle: ExecutorIdle) -> None:
         """Send the outcome to the producer, or to the acker if the producer stopped."""
+        outcome = idle.outcome
         try:
-            self._producer.tell(ExecutorIdle(self.actor_ref, outcome))
+            self._producer.tell(idle)
         except pykka.ActorDeadError:
             pass
         else:

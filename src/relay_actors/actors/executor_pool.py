@@ -18,14 +18,24 @@ STOP_SECONDS = 1.0
 PREFETCH_MAX_SECONDS = 0.02
 # Weight of the newest attempt in the running mean of attempt durations.
 DURATION_WEIGHT = 0.2
+# Busy executors run waiting jobs one after another. Another executor is woken
+# only if the busy ones would need more than this to run every waiting job.
+# Each wake-up costs CPU in the producer and the woken thread: with jobs that do
+# no work, waking fewer executors saved about 30 µs of CPU per job on 2 cores.
+BACKLOG_SECONDS = 0.002
+# A busy executor whose current attempt began longer ago than this is not
+# counted on to run waiting jobs soon.
+STALLED_SECONDS = 0.005
 
 
 class ExecutorPool:
     """The executors of one producer, used only from the producer's thread.
 
-    It hands out idle executors for attempts, takes them back when their
-    attempt ends, and keeps a running mean of attempt durations, which
-    decides how many jobs the producer claims ahead of need.
+    It hands out idle executors, takes them back when they run out of
+    jobs, and keeps a running mean of attempt durations, which decides how
+    many jobs the producer claims ahead of need, and whether a waiting job
+    needs another executor woken (`should_wake`). A busy executor may run
+    several attempts in a row, taking each next job from `ReadyJobs` itself.
     """
 
     def __init__(self, size: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -33,8 +43,9 @@ class ExecutorPool:
         self._clock = clock
         self._executors: list[pykka.ActorRef[Any]] = []
         self._idle: deque[pykka.ActorRef[Any]] = deque()
-        # Start times of the attempts running now, by executor URN.
-        self._started_at: dict[str, float] = {}
+        # When the current attempt of each busy executor began, by executor URN,
+        # as of the executor's last report.
+        self._since: dict[str, float] = {}
         self._mean_duration: float | None = None
 
     def add(self, executor: pykka.ActorRef[Any]) -> None:
@@ -48,28 +59,48 @@ class ExecutorPool:
 
     @property
     def busy(self) -> int:
-        return len(self._started_at)
+        return len(self._since)
 
     def take(self) -> pykka.ActorRef[Any]:
-        """Return an idle executor, now counted as running an attempt.
+        """Return an idle executor, now counted busy with an attempt that begins now.
 
         Raises:
             IndexError: no executor is idle.
         """
         executor = self._idle.popleft()
-        self._started_at[executor.actor_urn] = self._clock()
+        self._since[executor.actor_urn] = self._clock()
         return executor
 
+    def began_next(self, executor: pykka.ActorRef[Any]) -> None:
+        """Note that busy `executor` began another attempt just now."""
+        if executor.actor_urn in self._since:
+            self._since[executor.actor_urn] = self._clock()
+
     def give_back(self, executor: pykka.ActorRef[Any]) -> None:
-        """Count `executor` idle again, and its attempt's duration in the mean."""
-        started = self._started_at.pop(executor.actor_urn, None)
-        if started is not None:
-            duration = self._clock() - started
-            mean = self._mean_duration
-            self._mean_duration = (
-                duration if mean is None else mean + DURATION_WEIGHT * (duration - mean)
-            )
+        """Count `executor` idle again."""
+        self._since.pop(executor.actor_urn, None)
         self._idle.append(executor)
+
+    def should_wake(self, waiting: int) -> bool:
+        """Return True if `waiting` jobs need an idle executor woken to start soon.
+
+        They do unless busy executors, none of them stalled on a long
+        attempt, would run them all within `BACKLOG_SECONDS` at the mean
+        attempt duration.
+        """
+        mean = self._mean_duration
+        if not self._idle or waiting == 0:
+            return False
+        if mean is None:
+            return True
+        recent = self._clock() - STALLED_SECONDS
+        running = sum(1 for since in self._since.values() if since >= recent)
+        return waiting * mean > running * BACKLOG_SECONDS
+
+    def count_attempt(self, seconds: float) -> None:
+        """Count an attempt that ran for `seconds` in the mean duration."""
+        mean = self._mean_duration
+        self._mean_duration = seconds if mean is None else mean + DURATION_WEIGHT * (seconds - mean)
 
     def prefetch_limit(self) -> int:
         """Return how many claimed jobs may wait for an executor."""

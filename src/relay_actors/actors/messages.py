@@ -58,10 +58,16 @@ class CheckCancelled:
 
 @dataclass(frozen=True, slots=True)
 class ExecutorIdle:
-    """The executor finished its attempt, whose outcome it carries, and can take another job."""
+    """The executor finished an attempt, whose outcome it carries.
+
+    `seconds` is how long the attempt ran. With `busy`, the executor has
+    already started the next waiting job; else it can take another.
+    """
 
     executor: ActorRef[Any]
     outcome: AttemptOutcome
+    seconds: float
+    busy: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
 from typing import Any
 
 import psycopg
@@ -30,6 +28,7 @@ from relay_actors.actors.messages import (
     Wake,
 )
 from relay_actors.actors.queue_rows import QueueRows, job_from_row
+from relay_actors.actors.ready import ReadyJobs
 from relay_actors.actors.slot import ActorSlot
 from relay_actors.job import Job
 
@@ -57,7 +56,9 @@ class ProducerActor(pykka.ThreadingActor):
 
     While attempts are short, a claim also takes up to one job per executor
     ahead of need, so a freed executor starts its next job without waiting
-    for a claim, and claims take many jobs each. Those prefetched jobs are
+    for a claim, and claims take many jobs each. An executor that finishes
+    an attempt starts the next prefetched job itself, so jobs keep running
+    while this actor's thread waits on a statement. Those prefetched jobs are
     returned to the queue, with their attempt not counted, when the producer
     drains or stops. If the node dies, another node's lifeline rescues them
     as lost attempts, which count.
@@ -111,7 +112,7 @@ class ProducerActor(pykka.ThreadingActor):
             secret=secret,
         )
         self._outcomes: list[AttemptOutcome] = []
-        self._ready: deque[Job] = deque()
+        self._ready = ReadyJobs(self._attempts)
         self._want_claim = True
         self._claim_queued = False
         self._next_poll = 0.0
@@ -130,6 +131,7 @@ class ProducerActor(pykka.ThreadingActor):
                 self._node_id,
                 self._attempts,
                 self._unrecorded,
+                self._ready,
             )
             self._pool.add(executor)
         self._queue_claim()
@@ -139,19 +141,22 @@ class ProducerActor(pykka.ThreadingActor):
             self.actor_ref.tell(CheckCancelled())
 
     def on_stop(self) -> None:
+        # No executor starts a prefetched job from now on. A producer that
+        # stops without a drain (a supervisor restart) still returns them,
+        # because the next producer does not track them.
+        prefetched = self._ready.take_all(close=True)
         # An executor still running a job (past the shutdown grace period)
         # stops after its job returns.
         self._pool.stop()
-        # A producer that stops without a drain (a supervisor restart) still
-        # returns its prefetched jobs, because the next producer does not track them.
-        self._return_ready()
+        self._return_ready(prefetched)
         self._take_queued_outcomes()
         self._hand_to_acker()
         self._rows.close()
 
     def on_failure(self, *exc_info: Any) -> None:
+        prefetched = self._ready.take_all(close=True)
         self._pool.stop(timeout=None)
-        self._return_ready()
+        self._return_ready(prefetched)
         self._take_queued_outcomes()
         self._hand_to_acker()
         self._rows.close()
@@ -166,6 +171,9 @@ class ProducerActor(pykka.ThreadingActor):
             self._want_claim = True
             self._queue_claim()
         elif isinstance(message, Tick):
+            # Waiting jobs left to busy executors start on an idle one once
+            # those executors stall on a long attempt.
+            self._dispatch()
             now = time.monotonic()
             if now >= self._next_poll:
                 self._want_claim = True
@@ -176,14 +184,14 @@ class ProducerActor(pykka.ThreadingActor):
             self._claim_queued = False
             self._claim()
         elif isinstance(message, ExecutorIdle):
-            self._on_idle(message.executor, message.outcome)
+            self._on_idle(message)
         elif isinstance(message, CancelRunning):
             self._cancel({message.job_id})
         elif isinstance(message, CheckCancelled):
             self._check_cancelled()
         elif isinstance(message, Drain):
             self._draining = True
-            self._return_ready()
+            self._return_ready(self._ready.take_all())
             future: ThreadingFuture[None] = ThreadingFuture()
             self._drained.append(future)
             self._settle_drain()
@@ -207,23 +215,29 @@ class ProducerActor(pykka.ThreadingActor):
             "adopted": self.adopted,
         }
 
-    def _on_idle(self, executor: pykka.ActorRef[Any], outcome: AttemptOutcome) -> None:
-        self._outcomes.append(outcome)
-        self._pool.give_back(executor)
+    def _on_idle(self, idle: ExecutorIdle) -> None:
+        self._outcomes.append(idle.outcome)
+        self._pool.count_attempt(idle.seconds)
+        if idle.busy:
+            self._pool.began_next(idle.executor)
+        else:
+            self._pool.give_back(idle.executor)
         self._dispatch()
         self._queue_claim()
         self._settle_drain()
 
     def _cancel(self, job_ids: set[int]) -> None:
+        # A cancelled job that waits for an executor is already cancelled on
+        # its row, so it is dropped without running. Dropped first: a job
+        # that an executor starts meanwhile is among the attempts below.
+        self._ready.drop(job_ids)
         for job_id in job_ids:
             self._attempts.cancel(job_id)
-        # A cancelled job that waits for an executor is already cancelled
-        # on its row, so it is dropped without running.
-        self._ready = deque(job for job in self._ready if job.id not in job_ids)
 
     def _check_cancelled(self) -> None:
         """Cancel the running and prefetched jobs whose rows were cancelled."""
-        ids = self._attempts.job_ids() + [job.id for job in self._ready if job.id is not None]
+        # Waiting jobs first: one that starts between the two readings is in both.
+        ids = self._ready.job_ids() + self._attempts.job_ids()
         if not ids:
             return
         try:
@@ -251,8 +265,9 @@ class ProducerActor(pykka.ThreadingActor):
 
     def _adopt_unaccounted(self, now: float) -> None:
         """Read this node's executing jobs of the queue that no attempt accounts for; adopt some."""
-        known = self._attempts.job_ids() + self._unrecorded.job_ids()
-        known += [job.id for job in self._ready if job.id is not None]
+        # In the order a job moves through them, so that a job moving on
+        # between two readings is in at least one.
+        known = self._ready.job_ids() + self._attempts.job_ids() + self._unrecorded.job_ids()
         try:
             rows = self._rows.unaccounted(known, AUDIT_LIMIT)
         except psycopg.Error as error:
@@ -304,20 +319,22 @@ class ProducerActor(pykka.ThreadingActor):
         return prefetch > 0 and len(self._ready) <= prefetch // 2
 
     def _dispatch(self) -> None:
-        """Start waiting jobs on idle executors, oldest claim first."""
-        while self._pool.idle and self._ready:
-            job = self._ready.popleft()
-            executor = self._pool.take()
-            cancellation = threading.Event()
-            self._attempts.add(job, cancellation)
-            executor.tell(Execute(job, cancellation))
+        """Start waiting jobs on idle executors, oldest claim first, as far as they need.
 
-    def _return_ready(self) -> None:
+        Busy executors start waiting jobs themselves when their attempt
+        ends, so an idle one is woken only when they would take too long.
+        """
+        while self._pool.should_wake(len(self._ready)):
+            started = self._ready.start_next()
+            if started is None:
+                return
+            job, cancellation = started
+            self._pool.take().tell(Execute(job, cancellation))
+
+    def _return_ready(self, jobs: list[Job]) -> None:
         """Give prefetched jobs back to the queue, as if they had never been claimed."""
-        if not self._ready:
+        if not jobs:
             return
-        jobs = list(self._ready)
-        self._ready.clear()
         try:
             self._rows.unclaim(jobs)
         except psycopg.Error as error:
