@@ -57,16 +57,21 @@ class QueueRows:
         self._claim_conn: psycopg.Connection[Row] | None = None
 
     def write_and_claim(self, outcomes: list[AttemptOutcome], limit: int) -> list[Row]:
-        """Record `outcomes` and claim up to `limit` jobs, in one statement when there are both."""
+        """Record `outcomes` and claim up to `limit` jobs, in one statement when there are both.
+
+        Returns the claimed rows in the claim's order: priority, then
+        scheduled time, then id.
+        """
         if not outcomes:
-            return self._claim(limit)
+            return in_claim_order(self._claim(limit))
         conn = self._connection()
         if limit == 0:
             self._writer.write(conn, outcomes)
             return []
-        return self._writer.write_and_claim(
+        rows = self._writer.write_and_claim(
             conn, outcomes, node=self._node_id, queue=self._queue, limit=limit
         )
+        return in_claim_order(rows)
 
     def unclaim(self, jobs: Sequence[Job]) -> None:
         """Return claimed jobs that never started to the queue, with their attempt not counted."""
@@ -132,6 +137,19 @@ class QueueRows:
             self._claim_conn = connect(self._dsn, f"producer {self._queue} claims", self._node_id)
             self._claim_conn.execute("SET synchronous_commit = off")
         return self._claim_conn
+
+
+# Positions of the claim statement's columns that order a claim.
+_ID, _PRIORITY, _SCHEDULED_AT = 0, 8, 10
+
+
+def in_claim_order(rows: list[Row]) -> list[Row]:
+    """Sort claimed rows by priority, then scheduled time, then id.
+
+    `UPDATE ... RETURNING` returns rows in the order its join visits them,
+    not in the order of the subquery that chose them.
+    """
+    return sorted(rows, key=lambda row: (row[_PRIORITY], row[_SCHEDULED_AT], row[_ID]))
 
 
 def job_from_row(row: Row) -> Job:
