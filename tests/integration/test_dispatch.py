@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from relay_actors import Instance, Ok, Relay
+from relay_actors.actors.messages import ExecutorIdle
+from relay_actors.actors.producer import ProducerActor
 from tests.conftest import wait_until
-from tests.workers import SLOW_QUEUE, MarksThenWaits, WaitsForFile
+from tests.workers import QUICK_QUEUE, SLOW_QUEUE, Echo, MarksThenWaits, WaitsForFile
 
 RESULT_TIMEOUT = 10.0
 WARM_UP_JOBS = 5
+# Inserted in one statement, so that claims take several jobs ahead of need.
+BATCH_JOBS = 40
 
 
 def test_job_beside_stalled_executor_starts(
     start_instance: Callable[..., Instance], tmp_path: Path
 ) -> None:
-    """Of two jobs claimed together, both start at once on a two-executor node.
+    """Of two jobs claimed together on a two-executor node, both start while one blocks.
 
     After short attempts, the producer leaves a waiting job to a busy
     executor, which starts it when its own attempt ends. Here that attempt
@@ -41,8 +49,38 @@ def test_job_beside_stalled_executor_starts(
         wait_until(
             lambda: all(mark.exists() for mark in marks),
             timeout=RESULT_TIMEOUT,
-            message=lambda: f"started: {[mark.name for mark in marks if mark.exists()]}",
+            message=lambda: f"expected both started: {[m.name for m in marks if m.exists()]}",
         )
     finally:
         gate.touch()
     assert Relay.await_many(relays, timeout=RESULT_TIMEOUT) == [Ok("released")] * 2
+
+
+def test_busy_executor_starts_waiting_jobs(
+    start_instance: Callable[..., Instance], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs claimed ahead of short attempts run on executors that report busy.
+
+    An executor that finishes an attempt while jobs wait starts the next
+    itself and reports `busy`, without waiting for the producer to hand it
+    one.
+    """
+    reports: Counter[bool] = Counter()
+    on_receive = ProducerActor.on_receive
+
+    def counting_receive(self: ProducerActor, message: Any) -> Any:
+        if isinstance(message, ExecutorIdle):
+            reports[message.busy] += 1
+        return on_receive(self, message)
+
+    monkeypatch.setattr(ProducerActor, "on_receive", counting_receive)
+    instance = start_instance(queues={QUICK_QUEUE: 2})
+    for n in range(WARM_UP_JOBS):
+        relay = Relay.async_(instance.name, Echo.new({"value": n}))
+        assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok(n)
+
+    relays = Relay.async_many(instance.name, [Echo.new({"value": n}) for n in range(BATCH_JOBS)])
+
+    assert Relay.await_many(relays, timeout=RESULT_TIMEOUT) == [Ok(n) for n in range(BATCH_JOBS)]
+    assert reports[True] > 0
+    assert reports[True] + reports[False] == WARM_UP_JOBS + BATCH_JOBS

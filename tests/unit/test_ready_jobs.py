@@ -13,10 +13,16 @@ def claimed(job_id: int) -> Job:
     return Job(worker="tests.workers.Echo", args={}, queue="quick", id=job_id, attempt=1)
 
 
-def test_start_next_registers_oldest() -> None:
+def waiting(*job_ids: int) -> tuple[RunningAttempts, ReadyJobs]:
+    """Return attempts and ready jobs holding the claimed jobs `job_ids`, none started."""
     attempts = RunningAttempts()
     ready = ReadyJobs(attempts)
-    ready.extend([claimed(1), claimed(2)])
+    ready.extend(claimed(job_id) for job_id in job_ids)
+    return attempts, ready
+
+
+def test_start_next_registers_oldest() -> None:
+    attempts, ready = waiting(1, 2)
 
     started = ready.start_next()
 
@@ -36,9 +42,7 @@ def test_start_next_on_empty_returns_none() -> None:
 
 
 def test_dropped_job_never_starts() -> None:
-    attempts = RunningAttempts()
-    ready = ReadyJobs(attempts)
-    ready.extend([claimed(1), claimed(2), claimed(3)])
+    _, ready = waiting(1, 2, 3)
 
     ready.drop({1, 3})
 
@@ -50,9 +54,7 @@ def test_dropped_job_never_starts() -> None:
 
 
 def test_put_back_undoes_start_next() -> None:
-    attempts = RunningAttempts()
-    ready = ReadyJobs(attempts)
-    ready.extend([claimed(1), claimed(2)])
+    attempts, ready = waiting(1, 2)
     started = ready.start_next()
     assert started is not None
 
@@ -63,9 +65,7 @@ def test_put_back_undoes_start_next() -> None:
 
 
 def test_closed_jobs_start_no_more() -> None:
-    attempts = RunningAttempts()
-    ready = ReadyJobs(attempts)
-    ready.extend([claimed(1), claimed(2)])
+    attempts, ready = waiting(1, 2)
 
     returned = ready.take_all(close=True)
     ready.extend([claimed(3)])
@@ -76,8 +76,7 @@ def test_closed_jobs_start_no_more() -> None:
 
 
 def test_take_all_keeps_it_open() -> None:
-    ready = ReadyJobs(RunningAttempts())
-    ready.extend([claimed(1)])
+    _, ready = waiting(1)
     assert [job.id for job in ready.take_all()] == [1]
     ready.extend([claimed(2)])
     started = ready.start_next()
@@ -92,9 +91,7 @@ def test_cancel_reaches_every_started_job() -> None:
     in the order the producer uses. No job may start with its flag unset.
     """
     jobs = 2000
-    attempts = RunningAttempts()
-    ready = ReadyJobs(attempts)
-    ready.extend(claimed(job_id) for job_id in range(1, jobs + 1))
+    attempts, ready = waiting(*range(1, jobs + 1))
     started: list[tuple[Job, threading.Event]] = []
     go = threading.Barrier(5)
 

@@ -36,7 +36,7 @@ class ReadyJobs:
             self._jobs.extend(jobs)
 
     def start_next(self) -> tuple[Job, threading.Event] | None:
-        """Take the oldest waiting job and register its attempt; None if none waits."""
+        """Take the oldest waiting job and register its attempt, or return None if none waits."""
         with self._lock:
             if self._closed or not self._jobs:
                 return None
@@ -57,7 +57,7 @@ class ReadyJobs:
             self._jobs = deque(job for job in self._jobs if job.id not in job_ids)
 
     def take_all(self, *, close: bool = False) -> list[Job]:
-        """Remove and return every waiting job; with `close`, no job starts from here again."""
+        """Remove and return every waiting job. With `close`, no job starts from here again."""
         with self._lock:
             jobs = list(self._jobs)
             self._jobs.clear()
