@@ -26,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import relay_actors
 from relay_actors import Instance, Relay
+from relay_actors.actors.producer import ProducerActor
 from relay_actors.embedded import EmbeddedServer
 from tests.workers import QUICK_QUEUE, SLOW_QUEUE
 
@@ -138,6 +139,21 @@ def make_schema_name(database_dsn: str) -> Iterator[Callable[[], str]]:
 def prefix(make_schema_name: Callable[[], str]) -> str:
     """A schema of this test alone, dropped after it."""
     return make_schema_name()
+
+
+@pytest.fixture
+def producer_messages(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every message that producers receive during the test, in arrival order."""
+    messages: list[Any] = []
+    on_receive = ProducerActor.on_receive
+
+    def recording_receive(self: ProducerActor, message: Any) -> Any:
+        # list.append is atomic in CPython, so producers of several queues may record.
+        messages.append(message)
+        return on_receive(self, message)
+
+    monkeypatch.setattr(ProducerActor, "on_receive", recording_receive)
+    return messages
 
 
 @pytest.fixture

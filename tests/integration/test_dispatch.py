@@ -7,11 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from relay_actors import Instance, Ok, Relay
 from relay_actors.actors.messages import ExecutorIdle
-from relay_actors.actors.producer import ProducerActor
 from tests.conftest import wait_until
 from tests.workers import QUICK_QUEUE, SLOW_QUEUE, Echo, MarksThenWaits, WaitsForFile
 
@@ -57,7 +54,7 @@ def test_job_beside_stalled_executor_starts(
 
 
 def test_busy_executor_starts_waiting_jobs(
-    start_instance: Callable[..., Instance], monkeypatch: pytest.MonkeyPatch
+    start_instance: Callable[..., Instance], producer_messages: list[Any]
 ) -> None:
     """Jobs claimed ahead of short attempts run on executors that report busy.
 
@@ -65,15 +62,6 @@ def test_busy_executor_starts_waiting_jobs(
     itself and reports `busy`, without waiting for the producer to hand it
     one.
     """
-    reports: Counter[bool] = Counter()
-    on_receive = ProducerActor.on_receive
-
-    def counting_receive(self: ProducerActor, message: Any) -> Any:
-        if isinstance(message, ExecutorIdle):
-            reports[message.busy] += 1
-        return on_receive(self, message)
-
-    monkeypatch.setattr(ProducerActor, "on_receive", counting_receive)
     instance = start_instance(queues={QUICK_QUEUE: 2})
     for n in range(WARM_UP_JOBS):
         relay = Relay.async_(instance.name, Echo.new({"value": n}))
@@ -82,5 +70,8 @@ def test_busy_executor_starts_waiting_jobs(
     relays = Relay.async_many(instance.name, [Echo.new({"value": n}) for n in range(BATCH_JOBS)])
 
     assert Relay.await_many(relays, timeout=RESULT_TIMEOUT) == [Ok(n) for n in range(BATCH_JOBS)]
+    reports = Counter(
+        message.busy for message in producer_messages if isinstance(message, ExecutorIdle)
+    )
     assert reports[True] > 0
     assert reports[True] + reports[False] == WARM_UP_JOBS + BATCH_JOBS

@@ -6,10 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from relay_actors import Instance, Ok, Relay
-from relay_actors.actors.producer import ProducerActor
 from tests.workers import QUICK_QUEUE, Echo
 
 ROUND_TRIPS = 20
@@ -17,7 +14,7 @@ RESULT_TIMEOUT = 8.0
 
 
 def test_idle_producer_claims_without_message(
-    start_instance: Callable[..., Instance], monkeypatch: pytest.MonkeyPatch
+    start_instance: Callable[..., Instance], producer_messages: list[Any]
 ) -> None:
     """Each lone job's wake-up and outcome lead to statements on the producer's own turn.
 
@@ -25,20 +22,13 @@ def test_idle_producer_claims_without_message(
     round trips on an idle queue need few of them. Sending one for every
     wake-up and every outcome took two per round trip.
     """
-    received: Counter[str] = Counter()
-    on_receive = ProducerActor.on_receive
-
-    def counting_receive(self: ProducerActor, message: Any) -> Any:
-        received[type(message).__name__] += 1
-        return on_receive(self, message)
-
-    monkeypatch.setattr(ProducerActor, "on_receive", counting_receive)
     instance = start_instance(queues={QUICK_QUEUE: 2})
 
     for n in range(ROUND_TRIPS):
         relay = Relay.async_(instance.name, Echo.new({"value": n}))
         assert Relay.await_(relay, timeout=RESULT_TIMEOUT) == Ok(n)
 
+    received = Counter(type(message).__name__ for message in producer_messages)
     assert received["Wake"] >= ROUND_TRIPS
     # A tick or a wake-up may still queue a few Claim messages.
     assert received["Claim"] < ROUND_TRIPS // 2
