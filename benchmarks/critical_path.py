@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 
 import relay_actors
-from benchmarks import relay_bench
+from benchmarks import floor_trace, relay_bench
 from benchmarks.processes import start_child, stop_when_parent_exits
 from benchmarks.server import database, fresh_schema
 from benchmarks.workers import Echo
@@ -144,26 +144,26 @@ def _wrap_receive(
     actor_class.on_receive = traced_receive
 
 
-def split_rounds(events: list[Event]) -> list[list[Event]]:
-    """Return the events of each round, from a START to the next END, in time order.
+def split_rounds(events: list[Event], start: str = START, end: str = END) -> list[list[Event]]:
+    """Return the events of each round, from a `start` step to the next `end`, in time order.
 
     A step seen twice in a round gets " (2)" appended. Events outside rounds are dropped.
     """
     rounds: list[list[Event]] = []
     current: list[Event] | None = None
     for step, ns in sorted(events, key=lambda event: event[1]):
-        if step == START:
+        if step == start:
             current = [(step, ns)]
         elif current is not None:
             current.append((step, ns))
-            if step == END:
+            if step == end:
                 rounds.append(_numbered(current))
                 current = None
     return rounds
 
 
 def timeline(rounds: list[list[Event]]) -> list[tuple[str, float, int]]:
-    """Return (step, median microseconds from START, rounds that had it) of each step.
+    """Return (step, median microseconds from the round's start, rounds that had it) of each step.
 
     Steps that most rounds lack, such as a heartbeat's statement, are left
     out. Steps are ordered by their median time, so neighbouring rows may
@@ -190,7 +190,8 @@ def statement_times(rounds: list[list[Event]]) -> list[tuple[str, float, int]]:
         for step, ns in found:
             name, sent, number = step.partition(" statement sent")
             returned = times.get(f"{name} statement returned{number}")
-            if sent and returned is not None:
+            # A statement sent in one round and returned in the next has no duration here.
+            if sent and returned is not None and returned >= ns:
                 durations.setdefault(name + number, []).append((returned - ns) / 1000)
     return [
         (name, statistics.median(values), len(values))
@@ -208,11 +209,12 @@ def _numbered(found: list[Event]) -> list[Event]:
     return numbered
 
 
-def format_report(rounds: list[list[Event]], header: str) -> str:
+def format_report(rounds: list[list[Event]], header: str, origin: str = "async_") -> str:
+    """Return the step and statement tables; `origin` names the first step's call."""
     lines = [
         header,
         "",
-        "| step | µs since async_ | µs after the row above | round trips with the step |",
+        f"| step | µs since {origin} | µs after the row above | round trips with the step |",
         "| --- | ---: | ---: | ---: |",
     ]
     previous = 0.0
@@ -287,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == [NODE_MODE]:
         # Started by traced_node: the trace file, the schema, then `worker` arguments.
         return run_node(Path(argv[1]), argv[2], argv[3:])
+    if argv[:1] == [floor_trace.WORKER_MODE]:
+        # Started by floor_trace.traced_worker: the trace file, then floor worker arguments.
+        return floor_trace.run_worker(Path(argv[1]), argv[2:])
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.critical_path", description=__doc__)
     parser.add_argument(
@@ -304,6 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         help="start the worker node with --relaxed-outcomes",
     )
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="trace the floor (benchmarks.floor) instead of relay_actors",
+    )
+    parser.add_argument(
+        "--durable-claims",
+        action="store_true",
+        help="with --floor: commit each claim before running its job, as relay_actors does",
+    )
+    parser.add_argument(
         "--events",
         type=Path,
         help="also write every recorded (step, perf_counter_ns) event to this JSON file",
@@ -314,21 +329,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rounds must be at least 1, not {args.rounds}")
     if args.warmup < 0:
         parser.error(f"--warmup must be at least 0, not {args.warmup}")
-    mode = "relaxed outcomes" if args.relaxed_outcomes else "durable"
+    if args.floor and args.relaxed_outcomes:
+        parser.error("--relaxed-outcomes applies to relay_actors, not to --floor")
+    if args.durable_claims and not args.floor:
+        parser.error("--durable-claims applies to --floor only")
     if args.relaxed_outcomes:
         relay_bench.NODE_OPTIONS.append("--relaxed-outcomes")
 
     with database(args.dsn) as (dsn, kind):
-        events = measure(dsn, args.rounds, args.warmup)
+        if args.floor:
+            events = floor_trace.measure(dsn, args.rounds, args.warmup, args.durable_claims)
+        else:
+            events = measure(dsn, args.rounds, args.warmup)
     if args.events is not None:
         args.events.write_text(json.dumps(sorted(events, key=lambda event: event[1])))
 
-    rounds = split_rounds(events)
+    if args.floor:
+        rounds = split_rounds(events, floor_trace.START, floor_trace.END)
+        mode = "claims committed first" if args.durable_claims else "claim and completion in one"
+        origin = "the insert"
+    else:
+        rounds = split_rounds(events)
+        mode = "relaxed outcomes" if args.relaxed_outcomes else "durable"
+        origin = "async_"
     header = (
         f"medians of {len(rounds)} round trips after {args.warmup} untimed ones; "
-        f"server: {kind}; worker commits: {mode}"
+        f"server: {kind}; {'floor worker' if args.floor else 'worker'} commits: {mode}"
     )
-    print(format_report(rounds, header))
+    print(format_report(rounds, header, origin))
     return 0
 
 

@@ -24,7 +24,7 @@ APPLICATION_NAME = "relay_actors_bench floor"
 AWAIT_TIMEOUT_SECONDS = 120.0
 LATENCY_TIMEOUT_SECONDS = 10.0
 
-_CREATE = """
+CREATE = """
 CREATE TABLE IF NOT EXISTS {jobs} (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     state text NOT NULL DEFAULT 'available',
@@ -36,7 +36,7 @@ CREATE INDEX IF NOT EXISTS floor_jobs_available ON {jobs} (id) WHERE state = 'av
 """
 
 # One statement, so one transaction and one commit: the row and its wake-up.
-_INSERT = """
+INSERT = """
 WITH job AS (INSERT INTO {jobs} (arg, reply) VALUES (%s, %s) RETURNING id)
 SELECT id, pg_notify(%s, '') FROM job
 """
@@ -79,7 +79,7 @@ class FloorSide:
 
     def start(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(statement(_CREATE, self.schema))
+            conn.execute(statement(CREATE, self.schema))
         self.child = start_child(
             "floor worker",
             [
@@ -117,7 +117,7 @@ class FloorSide:
         """Time `rounds` sequential insert-to-result round trips from one thread."""
         failures = Failures()
         times: list[float] = []
-        with _Caller(self, 0) as caller:
+        with Caller(self, 0) as caller:
             for n in range(warmup + rounds):
                 started = time.perf_counter()
                 job_id = caller.insert(n)
@@ -130,10 +130,10 @@ class FloorSide:
     def throughput(self, jobs: int, threads: int) -> dict[str, Any]:
         """Time `jobs` jobs inserted one at a time by `threads` callers, all results awaited."""
         failures = Failures()
-        callers = [_Caller(self, index) for index in range(threads)]
+        callers = [Caller(self, index) for index in range(threads)]
         barrier = threading.Barrier(threads + 1)
 
-        def call(caller: _Caller, numbers: range) -> None:
+        def call(caller: Caller, numbers: range) -> None:
             try:
                 barrier.wait()
                 expected = {caller.insert(n): n for n in numbers}
@@ -162,13 +162,13 @@ class FloorSide:
         }
 
 
-class _Caller:
+class Caller:
     """One caller thread's two connections: one inserts, one LISTENs for its results."""
 
     def __init__(self, side: FloorSide, index: int) -> None:
         self.index = index
         self.channel = f"{side.schema}_floor_reply_{index}"
-        self._insert = statement(_INSERT, side.schema)
+        self._insert = statement(INSERT, side.schema)
         self._wake_channel = insert_channel(side.schema)
         self._conn = psycopg.connect(
             side.dsn, autocommit=True, application_name=side.application_name
@@ -178,7 +178,7 @@ class _Caller:
         )
         self._listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
 
-    def __enter__(self) -> _Caller:
+    def __enter__(self) -> Caller:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -97,6 +97,38 @@ def test_statement_times_skip_unreturned_statements() -> None:
     assert statement_times(split_rounds(events)) == []
 
 
+def test_statement_times_skip_statements_across_rounds() -> None:
+    events = []
+    for number in range(2):
+        events += round_events(
+            number * 10**9,
+            [
+                ("worker: empty claim statement returned", 50),
+                ("worker: empty claim statement sent", 900),
+                (END, 1000),
+            ],
+        )
+
+    assert statement_times(split_rounds(events)) == []
+
+
+def test_split_rounds_takes_other_start_and_end() -> None:
+    events = [("insert called", 0), ("claim", 100_000), ("result received", 400_000)]
+    events += [(START, 500_000), (END, 600_000)]
+
+    rounds = split_rounds(events, "insert called", "result received")
+
+    assert rounds == [events[:3]]
+
+
+def test_format_report_names_its_origin() -> None:
+    events = round_events(0, [(END, 100)])
+
+    report = format_report(split_rounds(events), "header", "the insert")
+
+    assert "| step | µs since the insert |" in report
+
+
 def test_format_report_shows_both_tables() -> None:
     events = round_events(
         0,
