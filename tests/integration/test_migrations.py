@@ -53,7 +53,7 @@ def test_upgrade_from_version_2_keeps_rows(
         ).format(jobs)
     )
 
-    assert migrate(db, prefix) == [3]
+    assert migrate(db, prefix) == list(range(3, LATEST_VERSION + 1))
 
     indexes = db.execute(
         "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = 'jobs'",
@@ -63,6 +63,7 @@ def test_upgrade_from_version_2_keeps_rows(
         "jobs_executing_id_idx",
         "jobs_fetch_idx",
         "jobs_pkey",
+        "jobs_prune_idx",
         "jobs_stage_idx",
     ]
     rows = db.execute(sql.SQL("SELECT state FROM {} ORDER BY id").format(jobs)).fetchall()

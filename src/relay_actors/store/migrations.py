@@ -82,6 +82,22 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         DROP INDEX {schema}.jobs_executing_idx;
         """,
     ),
+    (
+        4,
+        # The pruner finds finished jobs by the time they finished. Without
+        # this index, each run that found fewer old jobs than its batch limit
+        # read the whole table, once a minute on every node: 33 ms for
+        # 300,000 finished jobs on a 2-vCPU machine, against 0.2 ms with it.
+        # In a loop of 800 outcome writes, the entry that a finishing job
+        # adds cost no measurable time.
+        # NOTE: like versions 2 and 3, this builds the index inside the
+        # migration's transaction, so inserts into a large table wait for it.
+        """
+        CREATE INDEX jobs_prune_idx
+            ON {schema}.jobs ((coalesce(completed_at, discarded_at, cancelled_at)))
+            WHERE state IN ('completed', 'discarded', 'cancelled');
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -246,17 +246,20 @@ _DELETE_STALE_NODES = """
 DELETE FROM {nodes} WHERE heartbeat_at < now() - make_interval(secs => %(age)s)
 """
 
-# Deletes finished jobs older than the age, oldest ids first, in bounded batches.
-# NOTE: no index serves the age filter, so a run that finds no job old enough
-# reads the whole table: 98 ms for 300,000 never-vacuumed jobs, measured once.
+# Deletes jobs that finished longer ago than the age, the earliest finished
+# first, in bounded batches. The condition and the order repeat the
+# expression and the predicate of jobs_prune_idx, so that the scan reads the
+# old jobs' index entries only. The ids come as one array, so the delete
+# finds each row by its primary key: with `id IN (subquery)`, the planner
+# guessed a third of the table old and joined through a scan of all of it.
 _PRUNE = """
-DELETE FROM {jobs} WHERE id IN (
+DELETE FROM {jobs} WHERE id = ANY(ARRAY(
     SELECT id FROM {jobs}
     WHERE state IN ('completed', 'discarded', 'cancelled')
       AND coalesce(completed_at, discarded_at, cancelled_at)
           < now() - make_interval(secs => %(age)s)
-    ORDER BY id
-    LIMIT %(limit)s)
+    ORDER BY coalesce(completed_at, discarded_at, cancelled_at)
+    LIMIT %(limit)s))
 """
 
 # Cancels a job that has not finished. The old state shows whether a node is
