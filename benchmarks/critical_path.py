@@ -5,7 +5,8 @@ process, as the latency workload does. It records when each step of every
 round trip happens in both processes: the caller's insert, the worker's
 listener, producer, claim, executor and outcome statement, then the caller's
 listener and await. It prints the median time of each step since `async_` was
-called, and the median duration of each statement.
+called, and the median duration of each statement. With `--floor`, it traces
+the hand-written floor's round trips instead (see benchmarks.floor_trace).
 
 This is a diagnostic, not a benchmark figure, because it wraps internal
 methods of relay_actors to record the steps. That adds a few microseconds to
@@ -346,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.floor:
         rounds = split_rounds(events, floor_trace.START, floor_trace.END)
-        mode = "claims committed first" if args.durable_claims else "claim and completion in one"
+        if args.durable_claims:
+            mode = "claims committed first"
+        else:
+            mode = "claim and completion in one transaction"
         origin = "the insert"
     else:
         rounds = split_rounds(events)
