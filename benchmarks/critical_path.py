@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 
 import relay_actors
-from benchmarks import floor_trace, relay_bench
+from benchmarks import relay_bench
 from benchmarks.processes import start_child, stop_when_parent_exits
 from benchmarks.server import database, fresh_schema
 from benchmarks.workers import Echo
@@ -65,6 +65,10 @@ class Recorder:
 
     def mark(self, step: str) -> None:
         self.events.append((step, time.perf_counter_ns()))
+
+    def record(self, step: str, ns: int) -> None:
+        """Add a step that happened at `ns`, read earlier from `time.perf_counter_ns()`."""
+        self.events.append((step, ns))
 
     def dump(self, path: Path) -> None:
         path.write_text(json.dumps(self.events))
@@ -286,6 +290,9 @@ def measure(dsn: str, rounds: int, warmup: int) -> list[Event]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Imported here because floor_trace imports this module's Recorder.
+    from benchmarks import floor_trace
+
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == [NODE_MODE]:
         # Started by traced_node: the trace file, the schema, then `worker` arguments.

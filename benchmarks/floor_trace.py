@@ -5,9 +5,8 @@ processes record their steps: the caller's insert, the worker's listening
 thread, its claim and completion statements, then the caller's LISTEN
 connection returning the result. Unless claims are durable, the worker's claim
 also carries psycopg's BEGIN, one more round trip, and its commit is a step of
-its own. Set side
-by side with relay_actors' timeline, it shows which steps cost more than a
-hand-written loop's, and by how much.
+its own. Set side by side with relay_actors' timeline, it shows which steps
+cost more than a hand-written loop's, and by how much.
 
 Statements are traced by their rendered text. Tracing swaps the floor's
 `statement` helper for one that renders each statement to bytes once and
@@ -29,6 +28,7 @@ from typing import Any
 import psycopg
 
 from benchmarks import floor, floor_worker
+from benchmarks.critical_path import Recorder
 from benchmarks.processes import start_child, stop_when_parent_exits
 from benchmarks.server import fresh_schema
 from benchmarks.stats import Failures
@@ -40,19 +40,6 @@ WORKER_MODE = "--traced-floor-worker"
 START = "caller: insert called"
 END = "caller: result received"
 NAMES = {floor.INSERT: "insert", floor.CLAIM: "claim", floor.COMPLETE: "complete"}
-
-
-class Recorder:
-    """Events of one process as (step, perf_counter_ns) pairs."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def mark(self, step: str) -> None:
-        self.events.append((step, time.perf_counter_ns()))
-
-    def record(self, step: str, ns: int) -> None:
-        self.events.append((step, ns))
 
 
 def install(recorder: Recorder, role: str) -> None:
@@ -120,7 +107,7 @@ def run_worker(trace: Path, arguments: list[str]) -> int:
     """Run a traced floor worker, which writes its steps to `trace` when it exits."""
     recorder = Recorder()
     install(recorder, "worker")
-    atexit.register(lambda: trace.write_text(json.dumps(recorder.events)))
+    atexit.register(recorder.dump, trace)
     stop_when_parent_exits()
     return floor_worker.main(arguments)
 

@@ -110,7 +110,7 @@ def test_critical_path_traces_the_floor(
     for step in [*FLOOR_ROUND_STEPS, *worker_steps]:
         assert step in table_steps, f"{step!r} missing from the report:\n{report}"
     # The completion's commit sends the result, so the caller can have it
-    # before the worker's call returns: that statement may lack a duration.
+    # before the worker's call returns. That statement may then lack a duration.
     for statement in ("caller: insert", "worker: claim"):
         assert statement in table_steps, f"{statement!r} missing from the report:\n{report}"
     assert bench_schemas(database_dsn) == schemas_before

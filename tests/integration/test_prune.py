@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -23,14 +22,14 @@ HOUR = 3600.0
 
 
 @pytest.fixture
-def conn(database_dsn: str, prefix: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(database_dsn, autocommit=True) as connection:
-        migrate(connection, prefix)
-        yield connection
+def conn(db: psycopg.Connection[Any], prefix: str) -> psycopg.Connection[Any]:
+    """The test database's connection, with relay_actors' tables migrated into `prefix`."""
+    migrate(db, prefix)
+    return db
 
 
 def insert_rows(conn: psycopg.Connection[Any], prefix: str, rows: list[tuple[str, str]]) -> None:
-    """Insert one job per (state, age) pair; the age sets the column of the state's time."""
+    """Insert one job per (state, age) pair, with the state's time column set `age` ago."""
     time_columns = {
         "completed": "completed_at",
         "discarded": "discarded_at",
