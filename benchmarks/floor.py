@@ -79,7 +79,7 @@ class FloorSide:
 
     def start(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute(statement(CREATE, self.schema))
+            self.create_table(conn)
         self.child = start_child(
             "floor worker",
             [
@@ -93,8 +93,19 @@ class FloorSide:
                 "--application-name",
                 self.application_name,
                 *(["--durable-claims"] if self.durable_claims else []),
+                *self.worker_options(),
             ],
         )
+
+    def create_table(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute(statement(CREATE, self.schema))
+
+    def worker_options(self) -> list[str]:
+        """Return the floor worker's options beyond those that every floor passes."""
+        return []
+
+    def caller(self, index: int) -> Caller:
+        return Caller(self, index)
 
     def stop(self) -> None:
         if self.child is not None:
@@ -117,7 +128,7 @@ class FloorSide:
         """Time `rounds` sequential insert-to-result round trips from one thread."""
         failures = Failures()
         times: list[float] = []
-        with Caller(self, 0) as caller:
+        with self.caller(0) as caller:
             for n in range(warmup + rounds):
                 started = time.perf_counter()
                 job_id = caller.insert(n)
@@ -130,7 +141,7 @@ class FloorSide:
     def throughput(self, jobs: int, threads: int) -> dict[str, Any]:
         """Time `jobs` jobs inserted one at a time by `threads` callers, all results awaited."""
         failures = Failures()
-        callers = [Caller(self, index) for index in range(threads)]
+        callers = [self.caller(index) for index in range(threads)]
         barrier = threading.Barrier(threads + 1)
 
         def call(caller: Caller, numbers: range) -> None:

@@ -169,9 +169,19 @@ def main(argv: list[str] | None = None) -> int:
             "transaction (one more WAL flush and two fewer round trips per job)"
         ),
     )
+    parser.add_argument(
+        "--relay-statements",
+        action="store_true",
+        help=(
+            "claim and record with relay_actors' statements on its jobs table "
+            "(benchmarks.statement_floor); give with --durable-claims"
+        ),
+    )
     args = parser.parse_args(argv)
     if args.connections < 1:
         parser.error(f"invalid --connections {args.connections}: give at least 1")
+    if args.relay_statements and not args.durable_claims:
+        parser.error("--relay-statements needs --durable-claims: relay_actors commits its claims")
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -190,18 +200,28 @@ def main(argv: list[str] | None = None) -> int:
             args.dsn, autocommit=autocommit, application_name=args.application_name
         )
 
+    worker_class = FloorWorker
+    channel = insert_channel(args.schema)
+    if args.relay_statements:
+        # Imported here: statement_floor imports this module's FloorWorker.
+        from benchmarks.statement_floor import StatementFloorWorker, relay_insert_channel
+
+        worker_class = StatementFloorWorker
+        channel = relay_insert_channel(args.schema)
     dispatcher = Dispatcher(args.connections)
     connections: list[psycopg.Connection[Any]] = []
     try:
         listen = open_connection(True)
         connections.append(listen)
-        listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(insert_channel(args.schema))))
+        listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         workers = []
         for _ in range(args.connections):
             conn = open_connection(args.durable_claims)
             connections.append(conn)
             workers.append(
-                FloorWorker(conn, args.schema, dispatcher, stop, durable_claims=args.durable_claims)
+                worker_class(
+                    conn, args.schema, dispatcher, stop, durable_claims=args.durable_claims
+                )
             )
         for worker in workers:
             worker.start()

@@ -83,11 +83,13 @@ def start_child(name: str, arguments: Sequence[str]) -> Child:
 
     def read_stdout() -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            if not ready.is_set() and line.startswith("ready"):
-                lines.append(line.strip())
-                ready.set()
-        # Keep reading to the end, so a chatty child never blocks on a full pipe.
+        # Reads to the end, so that a chatty child does not block on a full
+        # pipe, then closes the pipe.
+        with process.stdout:
+            for line in process.stdout:
+                if not ready.is_set() and line.startswith("ready"):
+                    lines.append(line.strip())
+                    ready.set()
 
     threading.Thread(target=read_stdout, name=f"{name}-stdout", daemon=True).start()
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS

@@ -89,6 +89,20 @@ def metrics(sizes: Sizes) -> list[Metric]:
             floor_read=_path("latency_durable_claims", "wal", "syncs_per_job"),
         ),
         Metric(
+            "latency_p50_ms_relay_statements",
+            "latency p50 (ms), floor with relay_actors' table and statements",
+            2,
+            _path("latency", "p50_ms"),
+            floor_read=_path("latency_relay_statements", "p50_ms"),
+        ),
+        Metric(
+            "latency_p99_ms_relay_statements",
+            "latency p99 (ms), floor with relay_actors' table and statements",
+            2,
+            _path("latency", "p99_ms"),
+            floor_read=_path("latency_relay_statements", "p99_ms"),
+        ),
+        Metric(
             "throughput_small_jobs_per_s",
             f"throughput, {small} jobs (jobs/s)",
             0,

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from benchmarks.floor import FloorSide
 from benchmarks.relay_bench import RelaySide, memory_workload
 from benchmarks.server import fresh_schema, wait_for_backends_to_exit, wal_counters, wal_per_job
+from benchmarks.statement_floor import StatementFloorSide
 from benchmarks.stats import Failures
 
 logger = logging.getLogger("benchmarks")
@@ -131,6 +132,17 @@ def run_once(dsn: str, sizes: Sizes, index: int, bouncer_dsn: str | None = None)
             partial(durable.latency, sizes.latency_rounds, sizes.warmup_rounds),
             round_trips,
         )
+        # The floor's loop on relay_actors' table and statements, in a schema
+        # of its own: what those cost without relay_actors' actors.
+        with fresh_schema(dsn) as statement_schema:
+            statement_floor = StatementFloorSide(dsn, statement_schema)
+            results["floor"]["latency_relay_statements"] = run_phase(
+                dsn,
+                statement_floor,
+                f"{sizes.latency_rounds} sequential round trips, relay_actors' statements",
+                partial(statement_floor.latency, sizes.latency_rounds, sizes.warmup_rounds),
+                round_trips,
+            )
         for key, jobs in (
             ("throughput_small", sizes.small_jobs),
             ("throughput_large", sizes.large_jobs),
