@@ -211,11 +211,15 @@ class Caller:
             if remaining <= 0:
                 break
             for notify in self._listen.notifies(timeout=remaining):
-                job_id, _, result = notify.payload.partition(":")
-                want = expected.pop(int(job_id), None)
-                if want is None or result != str(want):
-                    failures.add(f"floor job {job_id}: unexpected result {notify.payload!r}")
+                self.check(notify.payload, expected, failures)
                 if not expected:
                     break
         for missing in expected:
             failures.add(f"floor job {missing}: no result by the deadline")
+
+    def check(self, payload: str, expected: dict[int, int], failures: Failures) -> None:
+        """Remove the jobs whose results `payload` carries from `expected`, counting wrong ones."""
+        job_id, _, result = payload.partition(":")
+        want = expected.pop(int(job_id), None)
+        if want is None or result != str(want):
+            failures.add(f"floor job {job_id}: unexpected result {payload!r}")

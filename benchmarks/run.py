@@ -122,25 +122,27 @@ def run_once(dsn: str, sizes: Sizes, index: int, bouncer_dsn: str | None = None)
                 partial(side.latency, sizes.latency_rounds, sizes.warmup_rounds),
                 round_trips,
             )
-        # The floor again, committing each claim before it runs the job, as
-        # relay_actors does: the same number of WAL flushes on the path.
-        durable = FloorSide(dsn, schema, durable_claims=True)
-        results["floor"]["latency_durable_claims"] = run_phase(
-            dsn,
-            durable,
-            f"{sizes.latency_rounds} sequential round trips, claims committed first",
-            partial(durable.latency, sizes.latency_rounds, sizes.warmup_rounds),
-            round_trips,
-        )
-        # The floor's loop on relay_actors' table and statements, in a schema
-        # of its own: what those cost without relay_actors' actors.
-        with fresh_schema(dsn) as statement_schema:
-            statement_floor = StatementFloorSide(dsn, statement_schema)
-            results["floor"]["latency_relay_statements"] = run_phase(
+        # The floor again, committing each claim before it runs the job as
+        # relay_actors does, so with as many WAL flushes on the path. Then that
+        # floor on relay_actors' table and statements, to show their cost alone.
+        floors: list[tuple[str, FloorSide, str]] = [
+            (
+                "latency_durable_claims",
+                FloorSide(dsn, schema, durable_claims=True),
+                "claims committed first",
+            ),
+            (
+                "latency_relay_statements",
+                StatementFloorSide(dsn, schema),
+                "relay_actors' statements",
+            ),
+        ]
+        for key, floor_side, label in floors:
+            results["floor"][key] = run_phase(
                 dsn,
-                statement_floor,
-                f"{sizes.latency_rounds} sequential round trips, relay_actors' statements",
-                partial(statement_floor.latency, sizes.latency_rounds, sizes.warmup_rounds),
+                floor_side,
+                f"{sizes.latency_rounds} sequential round trips, {label}",
+                partial(floor_side.latency, sizes.latency_rounds, sizes.warmup_rounds),
                 round_trips,
             )
         for key, jobs in (

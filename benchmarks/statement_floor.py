@@ -15,7 +15,6 @@ of the actors.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -89,26 +88,16 @@ class StatementCaller(Caller):
         assert row is not None
         return int(row[0])
 
-    def wait(self, expected: dict[int, int], deadline: float, failures: Failures) -> None:
-        """Read results until every job in `expected` (id to result) has one, or the deadline."""
-        while expected:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            for notify in self._listen.notifies(timeout=remaining):
-                for entry in parse_payload(notify.payload):
-                    delivery = entry.delivery
-                    want = expected.pop(delivery.job_id, None)
-                    value = None if delivery.payload is None else codec.decode(delivery.payload)
-                    if want is None or value != want or delivery.status != STATUS_OK:
-                        failures.add(
-                            f"statement floor job {delivery.job_id}: unexpected "
-                            f"{delivery.status} {value!r}"
-                        )
-                if not expected:
-                    break
-        for missing in expected:
-            failures.add(f"statement floor job {missing}: no result by the deadline")
+    def check(self, payload: str, expected: dict[int, int], failures: Failures) -> None:
+        """Remove the jobs whose results `payload` carries from `expected`, counting wrong ones."""
+        for entry in parse_payload(payload):
+            delivery = entry.delivery
+            want = expected.pop(delivery.job_id, None)
+            value = None if delivery.payload is None else codec.decode(delivery.payload)
+            if want is None or value != want or delivery.status != STATUS_OK:
+                failures.add(
+                    f"statement floor job {delivery.job_id}: unexpected {delivery.status} {value!r}"
+                )
 
 
 class StatementFloorWorker(FloorWorker):
