@@ -85,8 +85,10 @@ def install(recorder: Recorder, schema: str, role: str) -> None:
         statements.insert_one: "insert",
         statements.claim: "claim",
         statements.record_one: "outcome",
+        statements.record_completed: "outcome",
         statements.record: "outcome",
         statements.record_one_and_claim: "outcome and claim",
+        statements.record_completed_and_claim: "outcome and claim",
         statements.record_and_claim: "outcome and claim",
     }
     mark = recorder.mark

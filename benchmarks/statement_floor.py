@@ -107,7 +107,7 @@ class StatementFloorWorker(FloorWorker):
         super().__init__(conn, schema, *args, **kwargs)
         statements = statements_for(schema)
         self._claim_statement = statements.claim
-        self._record_statement = statements.record_one
+        self._record_statement = statements.record_completed
 
     def _run_one(self) -> bool:
         conn = self._conn

