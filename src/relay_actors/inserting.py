@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from relay_actors.job import Job
+from relay_actors.job import Job, json_text
 from relay_actors.store.connect import ConnectionPool
 from relay_actors.store.statements import Statements
 
@@ -69,8 +69,8 @@ def _insert_one(
     params = {
         "queue": job.queue,
         "worker": job.worker,
-        "args": Jsonb(job.args),
-        "meta": Jsonb(meta),
+        "args": json_text(job.args),
+        "meta": json_text(meta),
         "tags": list(job.tags),
         "max_attempts": job.max_attempts,
         "priority": job.priority,
