@@ -56,16 +56,21 @@ FROM inserted
 """
 
 # Claims the next available jobs of a queue. SKIP LOCKED lets producers of
-# several nodes claim concurrently without waiting on each other's rows.
+# several nodes claim concurrently without waiting on each other's rows. The
+# chosen ids are joined to the rows, rather than matched with IN, because the
+# IN form hashed the ids to remove duplicates that a primary key cannot have:
+# a median of 272 against 280 us per lone claim, in a loop on one connection
+# of a 2-vCPU machine with commits that did not wait for a flush.
 _CLAIM = """
 UPDATE {jobs} AS j
 SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = %(node)s
-WHERE j.id IN (
+FROM (
     SELECT id FROM {jobs}
     WHERE state = 'available' AND queue = %(queue)s
     ORDER BY priority, scheduled_at, id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED)
+    FOR UPDATE SKIP LOCKED) AS chosen
+WHERE j.id = chosen.id
 RETURNING j.id, j.queue, j.worker, j.args, j.meta, j.tags, j.attempt, j.max_attempts,
           j.priority, j.inserted_at, j.scheduled_at, j.attempted_at, j.attempted_by
 """
