@@ -48,6 +48,29 @@ def _time_ratio(figures: Figures) -> float | None:
     return ratio(large, small)
 
 
+def _floor_latency(phase: str, description: str, *, wal: bool = False) -> list[Metric]:
+    """Return the metrics of relay_actors' latency against the floor's phase `latency_PHASE`."""
+    # (figure in the metric's key, path in the phase's results, label)
+    figures = [
+        ("p50_ms", ("p50_ms",), "latency p50 (ms)"),
+        ("p99_ms", ("p99_ms",), "latency p99 (ms)"),
+    ]
+    if wal:
+        figures.append(
+            ("wal_syncs_per_job", ("wal", "syncs_per_job"), "latency: WAL syncs per round trip")
+        )
+    return [
+        Metric(
+            f"latency_{figure}_{phase}",
+            f"{label}, {description}",
+            2,
+            _path("latency", *keys),
+            floor_read=_path(f"latency_{phase}", *keys),
+        )
+        for figure, keys, label in figures
+    ]
+
+
 def metrics(sizes: Sizes) -> list[Metric]:
     small, large = f"{sizes.small_jobs:,}", f"{sizes.large_jobs:,}"
     # 10 % over linear scaling: 4.4 for 20,000 jobs against 5,000. The target
@@ -67,41 +90,8 @@ def metrics(sizes: Sizes) -> list[Metric]:
             2,
             _path("latency", "wal", "syncs_per_job"),
         ),
-        Metric(
-            "latency_p50_ms_durable_claims",
-            "latency p50 (ms), floor committing its claims first",
-            2,
-            _path("latency", "p50_ms"),
-            floor_read=_path("latency_durable_claims", "p50_ms"),
-        ),
-        Metric(
-            "latency_p99_ms_durable_claims",
-            "latency p99 (ms), floor committing its claims first",
-            2,
-            _path("latency", "p99_ms"),
-            floor_read=_path("latency_durable_claims", "p99_ms"),
-        ),
-        Metric(
-            "latency_wal_syncs_per_job_durable_claims",
-            "latency: WAL syncs per round trip, floor committing its claims first",
-            2,
-            _path("latency", "wal", "syncs_per_job"),
-            floor_read=_path("latency_durable_claims", "wal", "syncs_per_job"),
-        ),
-        Metric(
-            "latency_p50_ms_relay_statements",
-            "latency p50 (ms), floor with relay_actors' table and statements",
-            2,
-            _path("latency", "p50_ms"),
-            floor_read=_path("latency_relay_statements", "p50_ms"),
-        ),
-        Metric(
-            "latency_p99_ms_relay_statements",
-            "latency p99 (ms), floor with relay_actors' table and statements",
-            2,
-            _path("latency", "p99_ms"),
-            floor_read=_path("latency_relay_statements", "p99_ms"),
-        ),
+        *_floor_latency("durable_claims", "floor committing its claims first", wal=True),
+        *_floor_latency("relay_statements", "floor with relay_actors' table and statements"),
         Metric(
             "throughput_small_jobs_per_s",
             f"throughput, {small} jobs (jobs/s)",

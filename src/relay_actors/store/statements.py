@@ -57,10 +57,10 @@ FROM inserted
 
 # Claims the next available jobs of a queue. SKIP LOCKED lets producers of
 # several nodes claim concurrently without waiting on each other's rows. The
-# chosen ids are joined to the rows, rather than matched with IN, because the
-# IN form hashed the ids to remove duplicates that a primary key cannot have:
-# a median of 272 against 280 us per lone claim, in a loop on one connection
-# of a 2-vCPU machine with commits that did not wait for a flush.
+# chosen ids are joined to their rows. With IN, the plan first hashed the ids
+# to remove duplicates, which a primary key cannot have. A lone claim took a
+# median of 272 against 280 us, in a loop on one connection of a 2-vCPU
+# machine with commits that did not wait for a flush.
 _CLAIM = """
 UPDATE {jobs} AS j
 SET state = 'executing', attempt = j.attempt + 1, attempted_at = now(), attempted_by = %(node)s
@@ -161,7 +161,7 @@ notified AS (
 # record took a median of 140 us. A VALUES row joined to the job, with the
 # pairs checked, took 152 us. The outcome's node is bound as outcome_node,
 # because the claim binds the claiming node as node.
-_RECORD_ONE_CTES = """
+_RECORD_ONE_SET = """
 WITH updated AS (
     UPDATE {jobs} AS j
     SET state = %(state)s::text,
@@ -178,27 +178,23 @@ WITH updated AS (
                       ELSE j.errors || jsonb_build_array(%(error)s::jsonb) END,
         meta = CASE WHEN %(meta_patch)s::jsonb IS NULL THEN j.meta
                     ELSE j.meta || %(meta_patch)s::jsonb END
-    WHERE j.id = %(id)s::bigint AND j.state = 'executing' AND j.attempt = %(attempt)s::smallint
-      AND (%(outcome_node)s::text IS NULL OR j.attempted_by = %(outcome_node)s::text)
-    RETURNING j.id, j.attempt
-),
-notified AS (
-    SELECT pg_notify(%(channel)s::text, %(payload)s::text)
-    FROM updated
-    WHERE %(channel)s::text IS NOT NULL
-)
 """
 
-# A lone completed outcome without an error, a meta patch or extra attempts:
-# the commonest outcome, with the same effects as _RECORD_ONE_CTES has for it.
-# It sets only the columns that change, so the server evaluates no CASE per
-# column: a median of 419 against 461 us per record with flushed commits, and
-# 252 against 284 us without, in a loop on one connection of a 2-vCPU machine.
-_RECORD_COMPLETED_CTES = """
+# A lone completed outcome without an error, a meta patch or extra attempts,
+# with the effects that _RECORD_ONE_CTES has for it. It sets only the columns
+# that change, so the server evaluates no CASE per column. A record took a
+# median of 419 against 461 us with flushed commits, and 252 against 284 us
+# without, in a loop on one connection of a 2-vCPU machine.
+_RECORD_COMPLETED_SET = """
 WITH updated AS (
     UPDATE {jobs} AS j
     SET state = 'completed', outcome = %(outcome)s::text, result = %(result)s::bytea,
         completed_at = now()
+"""
+
+# The end of both one-outcome statements: the row of the attempt, and its
+# notification, which is left out when its channel is NULL.
+_RECORD_ONE_WHERE_AND_NOTIFY = """
     WHERE j.id = %(id)s::bigint AND j.state = 'executing' AND j.attempt = %(attempt)s::smallint
       AND (%(outcome_node)s::text IS NULL OR j.attempted_by = %(outcome_node)s::text)
     RETURNING j.id, j.attempt
@@ -210,12 +206,15 @@ notified AS (
 )
 """
 
-# Follows either set of CTEs: the recorded attempts.
+_RECORD_ONE_CTES = _RECORD_ONE_SET + _RECORD_ONE_WHERE_AND_NOTIFY
+_RECORD_COMPLETED_CTES = _RECORD_COMPLETED_SET + _RECORD_ONE_WHERE_AND_NOTIFY
+
+# Follows any set of CTEs: the recorded attempts.
 _RECORD_TAIL = """
 SELECT id, attempt, (SELECT count(*) FROM notified) FROM updated
 """
 
-# Follows either set of CTEs, so that a producer that records its executors'
+# Follows any set of CTEs, so that a producer that records its executors'
 # outcomes also claims jobs as _CLAIM does, and pays one round trip and one
 # commit for both. Every row carries the recorded "job id:attempt" pairs.
 # Claimed columns follow, NULL when none was claimed.
