@@ -131,3 +131,86 @@ def test_cli_migrate_conflict_exits_2(
     failures = [r for r in caplog.records if getattr(r, "action", "") == "migrate_failed"]
     assert len(failures) == 1
     assert "cannot migrate the schema" in failures[0].getMessage()
+
+
+def test_upgrade_to_domains_keeps_rows(
+    db: psycopg.Connection[Any], prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 5 keeps every row and the same rules, as domains instead of CHECK constraints."""
+    with monkeypatch.context() as patched:
+        patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:4])
+        assert migrate(db, prefix) == [1, 2, 3, 4]
+    jobs = sql.Identifier(prefix, "jobs")
+    states = ["available", "scheduled", "executing", "retryable"]
+    states += ["completed", "discarded", "cancelled"]
+    for state in states:
+        db.execute(
+            sql.SQL(
+                "INSERT INTO {} (state, queue, worker, priority, max_attempts) "
+                "VALUES (%s, 'q', 'w', 9, 1)"
+            ).format(jobs),
+            (state,),
+        )
+
+    assert migrate(db, prefix) == [5]
+
+    rows = db.execute(
+        sql.SQL("SELECT state, priority, max_attempts FROM {} ORDER BY id").format(jobs)
+    ).fetchall()
+    assert rows == [(state, 9, 1) for state in states]
+    checks = db.execute(
+        "SELECT count(*) FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'c'",
+        (jobs.as_string(db),),
+    ).fetchone()
+    assert checks == (0,)
+    columns = db.execute(
+        "SELECT column_name, domain_name FROM information_schema.columns "
+        "WHERE table_schema = %s AND table_name = 'jobs' AND domain_name IS NOT NULL "
+        "ORDER BY column_name",
+        (prefix,),
+    ).fetchall()
+    assert columns == [
+        ("max_attempts", "jobs_max_attempts"),
+        ("priority", "jobs_priority"),
+        ("state", "jobs_state"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("state", "running"), ("priority", 10), ("priority", -1), ("max_attempts", 0)],
+)
+def test_domains_reject_invalid_values(
+    db: psycopg.Connection[Any], prefix: str, column: str, value: object
+) -> None:
+    """A row written with SQL, not through relay_actors, still gets the rules checked."""
+    migrate(db, prefix)
+    jobs = sql.Identifier(prefix, "jobs")
+    insert = sql.SQL("INSERT INTO {} (queue, worker, {}) VALUES ('q', 'w', %s)").format(
+        jobs, sql.Identifier(column)
+    )
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute(insert, (value,))
+    db.execute(sql.SQL("INSERT INTO {} (queue, worker) VALUES ('q', 'w')").format(jobs))
+    update = sql.SQL("UPDATE {} SET {} = %s").format(jobs, sql.Identifier(column))
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute(update, (value,))
+
+
+def test_foreign_type_left_alone(db: psycopg.Connection[Any], prefix: str) -> None:
+    """A type of another application with the name of one of relay_actors' domains stops it."""
+    db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(prefix)))
+    db.execute(
+        sql.SQL("CREATE TYPE {} AS ENUM ('draft', 'sent')").format(
+            sql.Identifier(prefix, "jobs_state")
+        )
+    )
+
+    with pytest.raises(ConfigurationError) as raised:
+        migrate(db, prefix)
+
+    message = str(raised.value)
+    assert 'type "jobs_state" already exists' in message
+    assert "--prefix relay_actors" in message
+    assert not exists(db, prefix, "jobs")
+    assert not exists(db, prefix, "schema_migrations")
