@@ -93,18 +93,45 @@ def test_foreign_version_table_left_alone(db: psycopg.Connection[Any], prefix: s
     assert not exists(db, prefix, "jobs")
 
 
-def test_foreign_jobs_table_left_alone(db: psycopg.Connection[Any], prefix: str) -> None:
-    create_table(db, prefix, "jobs", "id int PRIMARY KEY, title text")
+@pytest.mark.parametrize(
+    ("name", "foreign", "existing", "not_created"),
+    [
+        (
+            "jobs",
+            "CREATE TABLE {} (id int PRIMARY KEY, title text)",
+            'relation "jobs" already exists',
+            ["schema_migrations", "nodes"],
+        ),
+        (
+            "jobs_state",
+            "CREATE TYPE {} AS ENUM ('draft', 'sent')",
+            'type "jobs_state" already exists',
+            ["schema_migrations", "nodes", "jobs"],
+        ),
+    ],
+    ids=["jobs table", "jobs_state type"],
+)
+def test_foreign_name_left_alone(
+    db: psycopg.Connection[Any],
+    prefix: str,
+    name: str,
+    foreign: str,
+    existing: str,
+    not_created: list[str],
+) -> None:
+    """Another application's table or type with a name that relay_actors uses stops it."""
+    db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(prefix)))
+    db.execute(sql.SQL(foreign).format(sql.Identifier(prefix, name)))
 
     with pytest.raises(ConfigurationError) as raised:
         migrate(db, prefix)
 
     message = str(raised.value)
-    assert 'relation "jobs" already exists' in message
+    assert existing in message
     assert "--prefix relay_actors" in message
     # The failed migration rolled back, its version table included.
-    assert not exists(db, prefix, "schema_migrations")
-    assert not exists(db, prefix, "nodes")
+    for table in not_created:
+        assert not exists(db, prefix, table), table
 
 
 def test_start_rejects_foreign_jobs_table(
@@ -141,8 +168,15 @@ def test_upgrade_to_domains_keeps_rows(
         patched.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:4])
         assert migrate(db, prefix) == [1, 2, 3, 4]
     jobs = sql.Identifier(prefix, "jobs")
-    states = ["available", "scheduled", "executing", "retryable"]
-    states += ["completed", "discarded", "cancelled"]
+    states = [
+        "available",
+        "scheduled",
+        "executing",
+        "retryable",
+        "completed",
+        "discarded",
+        "cancelled",
+    ]
     for state in states:
         db.execute(
             sql.SQL(
@@ -195,22 +229,3 @@ def test_domains_reject_invalid_values(
     update = sql.SQL("UPDATE {} SET {} = %s").format(jobs, sql.Identifier(column))
     with pytest.raises(psycopg.errors.CheckViolation):
         db.execute(update, (value,))
-
-
-def test_foreign_type_left_alone(db: psycopg.Connection[Any], prefix: str) -> None:
-    """A type of another application with the name of one of relay_actors' domains stops it."""
-    db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(prefix)))
-    db.execute(
-        sql.SQL("CREATE TYPE {} AS ENUM ('draft', 'sent')").format(
-            sql.Identifier(prefix, "jobs_state")
-        )
-    )
-
-    with pytest.raises(ConfigurationError) as raised:
-        migrate(db, prefix)
-
-    message = str(raised.value)
-    assert 'type "jobs_state" already exists' in message
-    assert "--prefix relay_actors" in message
-    assert not exists(db, prefix, "jobs")
-    assert not exists(db, prefix, "schema_migrations")
